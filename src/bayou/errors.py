@@ -1,0 +1,112 @@
+"""Every exception a bayou user can meet, in one place.
+
+Errors are grouped by the stage that raises them: describing an environment
+(`SpecError`), building it (`ProvisionError`), and running work in it
+(`RemoteError`, `WorkerCrashedError`, `WorkerHungError`, `TaskTimeoutError`).
+The worker-side failures subclass `BrokenProcessPool` so code written for
+`ProcessPoolExecutor` keeps catching them.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures.process import BrokenProcessPool
+
+
+class BayouError(Exception):
+    """Base class of bayou's own errors."""
+
+
+class SpecError(BayouError, ValueError):
+    """An environment description is invalid.
+
+    `file`, `line` and `entry` name the culprit when known, so the message can
+    point the user at the exact spot to fix.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        entry: str | None = None,
+    ) -> None:
+        self.file = file
+        self.line = line
+        self.entry = entry
+        self.reason = message
+        where = ""
+        if file is not None:
+            where = f"{file}:{line}: " if line is not None else f"{file}: "
+        what = f" (entry {entry!r})" if entry is not None else ""
+        super().__init__(f"{where}{message}{what}")
+
+
+class ProvisionError(BayouError):
+    """Building an environment failed.
+
+    `package` names the spec at fault when it is known, `output` keeps the
+    tool's full output (also written to `log_file`) so nothing is lost when the
+    message is shortened for display.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        package: str | None = None,
+        channels: tuple[str, ...] | None = None,
+        output: str = "",
+        log_file: str | None = None,
+    ) -> None:
+        self.package = package
+        self.channels = channels
+        self.output = output
+        self.log_file = log_file
+        text = message
+        if log_file:
+            text += f"\n(full output in {log_file})"
+        super().__init__(text)
+
+
+class ProvisionTimeout(ProvisionError, TimeoutError):
+    """Provisioning took longer than the caller allowed; nothing was published."""
+
+
+class RemoteError(BayouError):
+    """An exception raised in a worker whose type the caller cannot import."""
+
+    def __init__(self, type_name: str, message: str, traceback_text: str = "") -> None:
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+        super().__init__(f"{type_name}: {message}")
+
+    def __str__(self) -> str:
+        text = f"{self.type_name}: {self.message}"
+        if self.traceback_text:
+            text += "\n\nRemote traceback:\n" + self.traceback_text
+        return text
+
+    def __reduce__(self):
+        return (type(self), (self.type_name, self.message, self.traceback_text))
+
+
+class WorkerCrashedError(BrokenProcessPool, BayouError):
+    """The worker running a task died; only that task fails."""
+
+
+class WorkerHungError(WorkerCrashedError):
+    """The worker stopped sending heartbeats and was killed."""
+
+
+class TaskTimeoutError(WorkerCrashedError, TimeoutError):
+    """A task ran longer than `task_timeout`; its worker was killed and replaced."""
+
+
+class MemoryLimitError(WorkerCrashedError, MemoryError):
+    """A worker crossed `max_memory_per_worker` while running a task."""
+
+
+class PicklingError(BayouError, TypeError):
+    """Something that must cross the process boundary cannot be serialised."""
