@@ -1,0 +1,46 @@
+"""bayou: run Python callables in isolated conda/pip environments.
+
+env = bayou.Env(pip=["packaging==21.3"])        # a description (env.py)
+environment = bayou.provision(env)              # built once (provision/, store.py)
+bayou.run(env, ["python", "-c", "..."])         # a command inside it (run.py)
+"""
+
+from .env import Env
+from .environment import Environment
+from .errors import (
+    BayouError,
+    MemoryLimitError,
+    PicklingError,
+    ProvisionError,
+    ProvisionTimeout,
+    RemoteError,
+    SpecError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    WorkerHungError,
+)
+from .store import Store
+
+__version__ = "0.1.0"
+
+from .provision import ProgressEvent, provision  # noqa: E402  (needs __version__)
+from .run import run  # noqa: E402
+
+__all__ = [
+    "BayouError",
+    "Env",
+    "Environment",
+    "MemoryLimitError",
+    "PicklingError",
+    "ProgressEvent",
+    "ProvisionError",
+    "ProvisionTimeout",
+    "RemoteError",
+    "SpecError",
+    "Store",
+    "TaskTimeoutError",
+    "WorkerCrashedError",
+    "WorkerHungError",
+    "provision",
+    "run",
+]

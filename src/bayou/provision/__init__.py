@@ -1,0 +1,242 @@
+"""`provision()`: turn an `Env` into an `Environment` on disk, at most once.
+
+    provision(env)
+      │ existing/current env ─────────────────────────────▶ Environment (no build)
+      │ store.lookup(hash) hit ──────────────── touch ────▶ Environment (fast path)
+      ▼ miss
+    store.lock(hash)  (cross-process; a second caller waits here, then hits)
+      │ discard what killed builds left
+      ▼
+    builds/<hash>-x/ ◀── conda_step (rattler child: solve, download, link
+      │                  with the final prefix as the placeholder target)
+      │             ◀── uv_step.create_venv (pip-only envs)
+      │             ◀── uv_step.install (pip part)
+      │ fix the build path out of scripts, compute activation, size
+      ▼
+    store.publish: record written, then rename to envs/<hash>/ ──▶ Environment
+
+Any failure or interruption (exception, timeout, Ctrl-C) discards the build
+directory and leaves the store exactly as it was. The full tool output of a
+failed build is written to ``logs/build-<hash>.log`` and kept on the error.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..env import Env, conda_platform
+from ..environment import Environment, current_environment
+from ..errors import ProvisionError, SpecError
+from ..interpreters import python_in_prefix
+from ..store import Store, tree_size
+from . import activation, conda_step, uv_step
+from .progress import ProgressCallback, ProgressEvent, default_progress
+from .tools import Deadline
+
+__all__ = ["provision", "ProgressEvent", "environment_from_record"]
+
+
+def provision(
+    env: Env,
+    progress: ProgressCallback | None = None,
+    timeout: float | None = None,
+    *,
+    store: Store | str | os.PathLike[str] | None = None,
+) -> Environment:
+    """Build `env` (or find it already built) and return where it lives.
+
+    Safe to call from many processes at once: one builds, the others wait
+    and then reuse the result. `timeout` (seconds) bounds the whole call;
+    when it passes, or on Ctrl-C, the build is killed and nothing is kept.
+    """
+    if not isinstance(env, Env):
+        raise TypeError(f"provision() takes a bayou.Env, not {type(env).__name__}")
+    if env.kind == "current":
+        return current_environment(env.env_vars)
+    if env.kind == "existing":
+        return _existing_environment(env)
+    store = store if isinstance(store, Store) else Store(store)
+    record = store.lookup(env.hash)
+    if record is not None:
+        store.touch(env.hash)
+        return environment_from_record(record, env)
+
+    report = progress or default_progress()
+    deadline = Deadline(timeout)
+    try:
+        with store.lock(env.hash, timeout=deadline.remaining()):
+            record = store.lookup(env.hash)  # built while we waited
+            if record is None:
+                record = _build(env, store, report, deadline)
+    except TimeoutError as exc:
+        if isinstance(exc, ProvisionError):
+            raise
+        raise _timeout_error(timeout, "waiting for another process building the same env")
+    store.touch(env.hash)
+    return environment_from_record(record, env)
+
+
+def _timeout_error(timeout: float | None, what: str) -> ProvisionError:
+    from ..errors import ProvisionTimeout
+
+    return ProvisionTimeout(f"provisioning timed out after {timeout:g} s ({what})")
+
+
+def _build(env: Env, store: Store, report: ProgressCallback, deadline: Deadline) -> dict:
+    started = time.monotonic()
+    final = store.env_dir(env.hash)
+    build_dir = store.new_build_dir(env.hash)
+    output: list[str] = []
+
+    def emit(stage: str, done: int | None = None, total: int | None = None, msg: str = "") -> None:
+        report(ProgressEvent(env.hash, stage, done, total, msg))
+
+    def on_conda_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "progress":
+            emit(event["stage"], event.get("done"), event.get("total"), event.get("message", ""))
+
+    try:
+        conda_records: list[dict[str, Any]] = []
+        if env.is_conda:
+            conda_records = conda_step.solve_and_install(
+                env, store, build_dir, final, deadline, on_conda_event
+            )
+            python = python_in_prefix(build_dir)
+            if python is None:
+                raise ProvisionError("the solved conda environment has no python")
+        else:
+            emit("venv", msg=f"python {env.python}")
+            python = uv_step.create_venv(env, build_dir, store.uv_cache, deadline)
+        pip_packages: list[dict[str, str]] = []
+        if env.pip:
+            emit("pip", 0, len(env.pip), "installing with uv")
+            result = uv_step.install(env, python, store.uv_cache, deadline)
+            output.append(result.output)
+            emit("pip", len(env.pip), len(env.pip), "done")
+            pip_packages = uv_step.installed(python, store.uv_cache, deadline)
+        deadline.check("publishing")
+        emit("publish")
+        _replace_build_path(build_dir, final)
+        version = _python_version(python)
+        if env.is_conda:
+            act = activation.conda_activation(build_dir, final, env.name or env.hash)
+        else:
+            act = activation.venv_activation(final)
+        record = {
+            "hash": env.hash,
+            "name": env.name,
+            "kind": "conda" if env.is_conda else "venv",
+            "spec": env.to_dict(),
+            "prefix": str(final),
+            "python": str(final / python.relative_to(build_dir)),
+            "python_version": version,
+            "platform": conda_platform(),
+            "conda_packages": conda_records,
+            "pip_packages": pip_packages,
+            "activation": act,
+            "size": tree_size(build_dir),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "build_seconds": round(time.monotonic() - started, 3),
+            "bayou_version": __version__,
+        }
+        store.publish(build_dir, env.hash, record)
+        emit("done", msg=f"{env.describe()} in {record['build_seconds']:.1f} s")
+        return record
+    except BaseException as exc:
+        store.abandon(build_dir)
+        if isinstance(exc, ProvisionError):
+            exc.log_file = _write_log(store, env, exc.output or "\n".join(output))
+            exc.args = (f"{exc.args[0]}\n(full output in {exc.log_file})",)
+            try:
+                report(ProgressEvent(env.hash, "failed", message=str(exc).splitlines()[0]))
+            except Exception:
+                pass
+        raise
+
+
+def _write_log(store: Store, env: Env, text: str) -> str:
+    store.logs_dir.mkdir(parents=True, exist_ok=True)
+    path = store.logs_dir / f"build-{env.hash}.log"
+    path.write_text(text)
+    return str(path)
+
+
+def _replace_build_path(build_dir: Path, final: Path) -> None:
+    """Scripts written by pip tools name the build directory; point them home."""
+    old, new = str(build_dir).encode(), str(final).encode()
+    bindir = build_dir / "bin"
+    if not bindir.is_dir():
+        return
+    for entry in bindir.iterdir():
+        if entry.is_symlink() or not entry.is_file():
+            continue
+        try:
+            with open(entry, "rb") as fh:
+                head = fh.read(2)
+                if head != b"#!":
+                    continue
+                data = head + fh.read()
+        except OSError:
+            continue
+        if old in data:
+            mode = entry.stat().st_mode
+            tmp = entry.with_name(entry.name + ".bayou-tmp")
+            tmp.write_bytes(data.replace(old, new))
+            os.chmod(tmp, mode)
+            os.replace(tmp, entry)
+
+
+def _python_version(python: Path) -> str:
+    import subprocess
+
+    out = subprocess.run(
+        [str(python), "-I", "-c", "import sys; print(*sys.version_info[:3], sep='.')"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if out.returncode != 0:
+        raise ProvisionError(f"the env's python does not run: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def environment_from_record(record: dict[str, Any], env: Env | None = None) -> Environment:
+    env_vars = dict(env.env_vars) if env is not None else record["spec"].get("env_vars", {})
+    return Environment(
+        prefix=Path(record["prefix"]),
+        python=Path(record["python"]),
+        hash=record["hash"],
+        python_version=record["python_version"],
+        record=record,
+        activation=record.get("activation", {}),
+        env_vars=env_vars,
+    )
+
+
+def _existing_environment(env: Env) -> Environment:
+    python = env.path
+    if not python.exists():
+        raise SpecError("the environment's python no longer exists", entry=str(python))
+    version = _python_version(python)
+    prefix = python.parent.parent
+    act = (
+        activation.venv_activation(prefix)
+        if (prefix / "pyvenv.cfg").exists()
+        else activation.conda_activation(prefix, prefix, prefix.name)
+        if (prefix / "conda-meta").is_dir()
+        else {"path": [str(python.parent)], "set": {}, "unset": []}
+    )
+    return Environment(
+        prefix=prefix,
+        python=python,
+        hash=env.hash,
+        python_version=version,
+        record={"hash": env.hash, "prefix": str(prefix), "kind": "existing"},
+        activation=act,
+        env_vars=dict(env.env_vars),
+    )

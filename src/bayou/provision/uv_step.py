@@ -1,0 +1,145 @@
+"""The pip half of a build, done with uv (the `uv` PyPI package's binary).
+
+Two entry points, both run against a build directory:
+
+* `create_venv`: a pip-only env is a relocatable uv venv over an interpreter
+  already on this machine (`interpreters.find`); relocatable, because the
+  build directory is renamed into place when it is published.
+* `install`: ``uv pip install --python <env python>`` of the requirements,
+  for venvs and for conda envs alike, with the store's shared uv cache (hard
+  links when the cache and the env share a file system).
+
+Failures raise `ProvisionError` carrying uv's own message, the requirement it
+is about when uv names one, and the full output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from .. import interpreters
+from ..env import Env, pip_requirement_name
+from ..errors import ProvisionError
+from .tools import Deadline, ToolResult, run_tool
+
+
+def uv_binary() -> str:
+    import uv
+
+    return uv.find_uv_bin()
+
+
+def uv_environ(cache_dir: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "PYTHONHOME")
+    }
+    env.update(
+        UV_CACHE_DIR=str(cache_dir),
+        UV_PYTHON_DOWNLOADS="never",
+        UV_NO_PROGRESS="1",
+        NO_COLOR="1",
+    )
+    return env
+
+
+def create_venv(env: Env, build_dir: Path, cache_dir: Path, deadline: Deadline) -> Path:
+    wanted = env.python or ""
+    interpreter = interpreters.find(wanted)
+    if interpreter is None:
+        found = ", ".join(sorted({i.version_text for i in interpreters.discover()})) or "none"
+        raise ProvisionError(
+            f"no Python {wanted} interpreter found on this machine (found: {found}); "
+            "install one (e.g. with pyenv or your package manager), list it in "
+            "$BAYOU_PYTHONS, or ask for one of the versions found",
+            package=f"python={wanted}",
+        )
+    argv = [
+        uv_binary(),
+        "venv",
+        "--python",
+        str(interpreter.path),
+        "--relocatable",
+        "--no-config",
+        "--quiet",
+        str(build_dir),
+    ]
+    result = run_tool(argv, deadline=deadline, what="creating the venv", env=uv_environ(cache_dir))
+    if result.returncode != 0:
+        raise ProvisionError(
+            f"uv could not create a venv with {interpreter.path}: {_uv_message(result)}",
+            output=result.output,
+        )
+    return build_dir / "bin" / "python"
+
+
+def install(
+    env: Env,
+    python: Path,
+    cache_dir: Path,
+    deadline: Deadline,
+    on_line: Callable[[str], None] | None = None,
+) -> ToolResult:
+    argv = [uv_binary(), "pip", "install", "--python", str(python), "--no-config"]
+    if not (python.parent.parent / "pyvenv.cfg").exists():
+        # A conda env's python is not a venv: tell uv the target is ours.
+        argv += ["--break-system-packages"]
+    for option in env.pip_options:
+        flag, _, value = option.partition(" ")
+        if flag == "--pre":
+            argv += ["--prerelease", "allow"]
+        else:
+            argv += [flag, value]
+    argv += list(env.pip)
+    result = run_tool(
+        argv,
+        deadline=deadline,
+        what="installing pip packages",
+        env=uv_environ(cache_dir),
+        on_line=on_line,
+    )
+    if result.returncode != 0:
+        message = _uv_message(result)
+        raise ProvisionError(
+            f"pip install failed: {message}",
+            package=_culprit(message, env.pip),
+            output=result.output,
+        )
+    return result
+
+
+def installed(python: Path, cache_dir: Path, deadline: Deadline) -> list[dict[str, str]]:
+    argv = [uv_binary(), "pip", "list", "--python", str(python), "--format", "json", "--no-config"]
+    result = run_tool(argv, deadline=deadline, what="listing", env=uv_environ(cache_dir))
+    if result.returncode != 0:
+        return []
+    try:
+        return [{"name": p["name"], "version": p["version"]} for p in json.loads(result.stdout)]
+    except (ValueError, KeyError):
+        return []
+
+
+def _uv_message(result: ToolResult) -> str:
+    lines = [
+        line.strip()
+        for line in result.stderr.splitlines()
+        if line.strip() and not line.startswith("Using ")
+    ]
+    text = " ".join(lines)
+    return re.sub(r"^error:\s*", "", text) or f"uv exited with {result.returncode}"
+
+
+def _culprit(message: str, requirements: tuple[str, ...]) -> str | None:
+    by_name = {pip_requirement_name(r): r for r in requirements}
+    match = re.search(r"Because (?:you require )?([A-Za-z0-9_.\-]+)", message)
+    if match and match.group(1).lower() in by_name:
+        return by_name[match.group(1).lower()]
+    for name, req in by_name.items():
+        if re.search(rf"(?<![\w.\-]){re.escape(name)}(?![\w\-])", message, re.IGNORECASE):
+            return req
+    return None

@@ -1,0 +1,302 @@
+"""Reading environment files into an `Env`.
+
+Three formats, dispatched on the file name:
+
+* ``environment.yml`` / ``*.yml`` / ``*.yaml``: conda's format (``name``,
+  ``channels``, ``dependencies`` with a ``pip:`` sub-list, ``variables``). It
+  is read with PyYAML's node API so every entry keeps its line number.
+* ``requirements*.txt`` / ``*.txt``: pip's format, with comments, line
+  continuations, ``-r`` includes (relative to the including file) and the
+  index options ``--index-url``, ``--extra-index-url``, ``--find-links``.
+* ``pixi.toml``: ``[dependencies]`` (conda), ``[pypi-dependencies]``,
+  ``[workspace]``/``[project]`` channels and ``[activation.env]``.
+
+Every entry is validated where it is read, so a `SpecError` names the file,
+the line and the entry at fault.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from .env import DEFAULT_CHANNELS, Env, normalize_conda_spec, normalize_pip_requirement
+from .errors import SpecError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+
+def read_spec_file(path: Path) -> Env:
+    if not path.is_file():
+        raise SpecError("no such file", file=str(path))
+    name = path.name.lower()
+    if name.endswith((".yml", ".yaml")):
+        return read_environment_yml(path)
+    if name.endswith(".toml"):
+        if (
+            name != "pixi.toml"
+            and "[pypi-dependencies]" not in path.read_text()
+            and ("[dependencies]" not in path.read_text())
+        ):
+            raise SpecError("only pixi.toml manifests are supported", file=str(path))
+        return read_pixi_toml(path)
+    if name.endswith((".txt", ".in")):
+        return read_requirements_txt(path)
+    raise SpecError(
+        "unknown file type (expected environment.yml, requirements.txt or pixi.toml)",
+        file=str(path),
+    )
+
+
+# -- requirements.txt ---------------------------------------------------------
+
+
+def parse_requirements(path: Path, _seen: tuple[Path, ...] = ()) -> tuple[list[str], list[str]]:
+    """(requirements, pip options) of a requirements file, includes resolved."""
+    if path.resolve() in _seen:
+        raise SpecError("requirements files include each other", file=str(path))
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"cannot read: {exc.strerror}", file=str(path))
+    reqs: list[str] = []
+    options: list[str] = []
+    for lineno, line in _logical_lines(text):
+        if line.startswith(("-r", "--requirement")):
+            target = re.sub(r"^(-r|--requirement)[ =]?", "", line).strip()
+            if not target:
+                raise SpecError("-r needs a file name", file=str(path), line=lineno, entry=line)
+            include = path.parent / target
+            if not include.is_file():
+                raise SpecError(
+                    "included requirements file not found", file=str(path), line=lineno, entry=line
+                )
+            more_reqs, more_options = parse_requirements(include, (*_seen, path.resolve()))
+            reqs += more_reqs
+            options += more_options
+        elif line.startswith(("--index-url", "-i ", "--extra-index-url", "--find-links", "-f ")):
+            flag, _, value = line.replace("=", " ", 1).partition(" ")
+            flag = {"-i": "--index-url", "-f": "--find-links"}.get(flag, flag)
+            options.append(f"{flag} {value.strip()}")
+        elif line == "--pre":
+            options.append("--pre")
+        elif line.startswith("-"):
+            raise SpecError(
+                "unsupported option in a requirements file",
+                file=str(path),
+                line=lineno,
+                entry=line,
+            )
+        else:
+            normalize_pip_requirement(line, file=str(path), line=lineno)
+            reqs.append(line)
+    return reqs, options
+
+
+def _logical_lines(text: str):
+    """(first line number, text) per logical line: comments gone, `\\` joined."""
+    pending, start = "", 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = re.sub(r"(^|\s+)#.*$", "", raw).rstrip()
+        if not pending:
+            start = number
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        full = (pending + line).strip()
+        pending = ""
+        if full:
+            yield start, full
+    if pending.strip():
+        yield start, pending.strip()
+
+
+def read_requirements_txt(path: Path) -> Env:
+    reqs, options = parse_requirements(path)
+    return Env(pip=reqs, pip_options=options, name=path.parent.name or None, _source=str(path))
+
+
+# -- environment.yml ----------------------------------------------------------
+
+
+def read_environment_yml(path: Path) -> Env:
+    import yaml
+
+    source = str(path)
+    try:
+        root = yaml.compose(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise SpecError(
+            f"invalid YAML: {getattr(exc, 'problem', exc)}",
+            file=source,
+            line=mark.line + 1 if mark else None,
+        )
+    if root is None:
+        raise SpecError("the file is empty", file=source)
+    if not isinstance(root, yaml.MappingNode):
+        raise SpecError("expected a mapping at the top level", file=source, line=1)
+
+    name = None
+    channels: list[str] = []
+    conda: list[str] = []
+    pip: list[str] = []
+    pip_options: list[str] = []
+    env_vars: dict[str, str] = {}
+    lines: dict[str, int] = {}
+    for key_node, value in root.value:
+        key, line = key_node.value, key_node.start_mark.line + 1
+        if key == "name":
+            name = _scalar(value, source)
+        elif key == "channels":
+            channels = [_scalar(item, source) for item in _sequence(value, source, key)]
+        elif key == "dependencies":
+            for item in _sequence(value, source, key):
+                if isinstance(item, yaml.MappingNode):
+                    for sub_key, sub_value in item.value:
+                        if sub_key.value != "pip":
+                            raise SpecError(
+                                "only a 'pip:' list may be nested in dependencies",
+                                file=source,
+                                line=sub_key.start_mark.line + 1,
+                                entry=sub_key.value,
+                            )
+                        for req_node in _sequence(sub_value, source, "pip"):
+                            req = _scalar(req_node, source)
+                            req_line = req_node.start_mark.line + 1
+                            if req.startswith(("-r", "--requirement")):
+                                target = re.sub(r"^(-r|--requirement)[ =]?", "", req).strip()
+                                more, opts = parse_requirements(path.parent / target)
+                                pip += more
+                                pip_options += opts
+                            elif req.startswith("-"):
+                                flag, _, val = req.replace("=", " ", 1).partition(" ")
+                                pip_options.append(f"{flag} {val.strip()}".strip())
+                            else:
+                                normalize_pip_requirement(req, file=source, line=req_line)
+                                pip.append(req)
+                                lines[req] = req_line
+                else:
+                    spec = _scalar(item, source)
+                    spec_line = item.start_mark.line + 1
+                    normalize_conda_spec(spec, file=source, line=spec_line)
+                    if spec.strip().lower() == "pip" or spec.strip().lower().startswith("pip "):
+                        lines[spec] = spec_line
+                    conda.append(spec)
+                    lines[spec] = spec_line
+        elif key == "variables":
+            if not isinstance(value, yaml.MappingNode):
+                raise SpecError("'variables' must be a mapping", file=source, line=line)
+            env_vars = {k.value: _scalar(v, source) for k, v in value.value}
+        elif key == "prefix":
+            continue  # where conda would put it; bayou decides that itself
+        else:
+            raise SpecError(
+                "unknown key (expected name, channels, dependencies, variables)",
+                file=source,
+                line=line,
+                entry=key,
+            )
+    # conda's `pip` package is what conda needs to run pip; uv does that job.
+    conda = [c for c in conda if not re.match(r"^pip(\s|=|$|<|>)", c.strip().lower())]
+    return Env(
+        conda=conda,
+        pip=pip,
+        channels=channels or DEFAULT_CHANNELS,
+        env_vars=env_vars,
+        name=name,
+        pip_options=pip_options,
+        _source=source,
+        _lines=lines,
+    )
+
+
+def _scalar(node: Any, source: str) -> str:
+    import yaml
+
+    if not isinstance(node, yaml.ScalarNode):
+        raise SpecError("expected a single value", file=source, line=node.start_mark.line + 1)
+    return str(node.value)
+
+
+def _sequence(node: Any, source: str, key: str) -> list[Any]:
+    import yaml
+
+    if not isinstance(node, yaml.SequenceNode):
+        raise SpecError(
+            f"'{key}' must be a list", file=source, line=node.start_mark.line + 1, entry=key
+        )
+    return node.value
+
+
+# -- pixi.toml ----------------------------------------------------------------
+
+
+def read_pixi_toml(path: Path) -> Env:
+    source = str(path)
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        raise SpecError(
+            f"invalid TOML: {exc}", file=source, line=int(match.group(1)) if match else None
+        )
+    meta = data.get("workspace") or data.get("project") or {}
+    channels = list(meta.get("channels", [])) or list(DEFAULT_CHANNELS)
+    conda: list[str] = []
+    lines: dict[str, int] = {}
+    for name, spec in data.get("dependencies", {}).items():
+        line = _toml_line(text, name)
+        if isinstance(spec, dict):
+            version = spec.get("version", "*")
+            if "channel" in spec:
+                name = f"{spec['channel']}::{name}"
+            spec = version
+        if not isinstance(spec, str):
+            raise SpecError("expected a version string", file=source, line=line, entry=name)
+        entry = name if spec.strip() in ("", "*") else f"{name} {spec.strip()}"
+        normalize_conda_spec(entry, file=source, line=line)
+        conda.append(entry)
+        lines[entry] = line
+    pip: list[str] = []
+    for name, spec in data.get("pypi-dependencies", {}).items():
+        line = _toml_line(text, name)
+        extras = ""
+        if isinstance(spec, dict):
+            if set(spec) - {"version", "extras"}:
+                raise SpecError(
+                    "only 'version' and 'extras' are supported for pypi-dependencies",
+                    file=source,
+                    line=line,
+                    entry=name,
+                )
+            if spec.get("extras"):
+                extras = "[" + ",".join(spec["extras"]) + "]"
+            spec = spec.get("version", "*")
+        if not isinstance(spec, str):
+            raise SpecError("expected a version string", file=source, line=line, entry=name)
+        req = f"{name}{extras}" + ("" if spec.strip() in ("", "*") else spec.strip())
+        normalize_pip_requirement(req, file=source, line=line)
+        pip.append(req)
+        lines[req] = line
+    env_vars = data.get("activation", {}).get("env", {})
+    return Env(
+        conda=conda,
+        pip=pip,
+        channels=channels,
+        env_vars=env_vars,
+        name=meta.get("name"),
+        _source=source,
+        _lines=lines,
+    )
+
+
+def _toml_line(text: str, key: str) -> int | None:
+    pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", re.MULTILINE)
+    match = pattern.search(text)
+    return text.count("\n", 0, match.start()) + 1 if match else None

@@ -1,0 +1,297 @@
+"""The store: where built environments live, and how they are published.
+
+Layout under the root (`$BAYOU_HOME`, else the user cache dir + ``/bayou``)::
+
+    envs/<hash>/              a published environment (its prefix)
+    envs/<hash>/.bayou/record.json   what was asked, solved, installed; activation
+    envs/<hash>/.bayou/used   its mtime is the env's "last used" time
+    builds/<hash>-<random>/   builds in progress (never used as an env)
+    trash/                    envs being deleted (renamed here first)
+    locks/<hash>.lock         one cross-process lock per env hash
+    pkgs/conda/  pkgs/uv/     package caches shared by all envs (hard links)
+    logs/                     build logs and worker logs
+
+Publishing is a single ``rename(builds/<hash>-x, envs/<hash>)`` done by the
+holder of ``locks/<hash>.lock`` after the record has been written into the
+build directory, so an env directory either has its record and is complete
+or does not exist. A build killed at any moment leaves only a directory under
+``builds/``; the next holder of the lock deletes it before building again.
+Deletion mirrors publication: rename into ``trash/`` (atomic: readers see the
+whole env or none), then remove.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RECORD_DIR = ".bayou"
+RECORD_FILE = "record.json"
+
+
+def default_root() -> Path:
+    if os.environ.get("BAYOU_HOME"):
+        return Path(os.environ["BAYOU_HOME"]).expanduser()
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "bayou"
+    if os.name == "nt":
+        return Path(os.environ.get("LOCALAPPDATA", Path.home())) / "bayou" / "Cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bayou"
+
+
+@dataclass(frozen=True)
+class StoredEnv:
+    """A published environment as `list()` reports it."""
+
+    hash: str
+    prefix: Path
+    record: dict[str, Any]
+    last_used: float
+
+    @property
+    def size(self) -> int:
+        return int(self.record.get("size", 0))
+
+
+class Store:
+    """A store root; cheap to create, all state is on disk."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_root()
+
+    # -- layout ---------------------------------------------------------------
+
+    @property
+    def envs_dir(self) -> Path:
+        return self.root / "envs"
+
+    @property
+    def builds_dir(self) -> Path:
+        return self.root / "builds"
+
+    @property
+    def conda_cache(self) -> Path:
+        return self.root / "pkgs" / "conda"
+
+    @property
+    def repodata_cache(self) -> Path:
+        return self.root / "pkgs" / "repodata"
+
+    @property
+    def uv_cache(self) -> Path:
+        return self.root / "pkgs" / "uv"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def state_dir(self) -> Path:
+        """Private runtime state (sockets, keys): created 0700."""
+        path = self.root / "state"
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return path
+
+    def env_dir(self, env_hash: str) -> Path:
+        return self.envs_dir / env_hash
+
+    def ensure(self) -> None:
+        for path in (self.envs_dir, self.builds_dir, self.root / "locks", self.logs_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+    # -- reading ----------------------------------------------------------------
+
+    def lookup(self, env_hash: str) -> dict[str, Any] | None:
+        """The record of a published env, or None (never a partial env)."""
+        try:
+            with open(self.env_dir(env_hash) / RECORD_DIR / RECORD_FILE) as fh:
+                return json.load(fh)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, ValueError):
+            return None  # unreadable record: treated as absent, rebuilt under the lock
+
+    def touch(self, env_hash: str) -> None:
+        marker = self.env_dir(env_hash) / RECORD_DIR / "used"
+        with contextlib.suppress(OSError):
+            marker.touch()
+
+    def last_used(self, env_hash: str) -> float:
+        base = self.env_dir(env_hash) / RECORD_DIR
+        for name in ("used", RECORD_FILE):
+            with contextlib.suppress(OSError):
+                return (base / name).stat().st_mtime
+        return 0.0
+
+    def list(self) -> list[StoredEnv]:
+        """Published envs, most recently used first."""
+        found = []
+        if not self.envs_dir.is_dir():
+            return found
+        for child in self.envs_dir.iterdir():
+            record = self.lookup(child.name)
+            if record is not None:
+                found.append(StoredEnv(child.name, child, record, self.last_used(child.name)))
+        return sorted(found, key=lambda e: e.last_used, reverse=True)
+
+    def resolve(self, ref: str) -> StoredEnv:
+        """Find an env by hash, unique hash prefix, or name."""
+        envs = self.list()
+        exact = [e for e in envs if e.hash == ref]
+        if exact:
+            return exact[0]
+        matches = [e for e in envs if e.hash.startswith(ref)] or [
+            e for e in envs if e.record.get("name") == ref
+        ]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise KeyError(f"no environment matches {ref!r} in {self.envs_dir}")
+        names = ", ".join(e.hash[:12] for e in matches)
+        raise KeyError(f"{ref!r} is ambiguous: it matches {names}")
+
+    # -- building and publishing -----------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, env_hash: str, timeout: float | None = None) -> Iterator[None]:
+        """Hold the cross-process lock of one env (released even on SIGKILL)."""
+        self.ensure()
+        path = self.root / "locks" / f"{env_hash}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise TimeoutError(f"timed out waiting for the build lock of {env_hash}")
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)
+
+    def new_build_dir(self, env_hash: str) -> Path:
+        """A fresh directory to build into; call with the env's lock held."""
+        self.discard_stale_builds(env_hash)
+        path = self.builds_dir / f"{env_hash}-{secrets.token_hex(4)}"
+        path.mkdir(parents=True)
+        return path
+
+    def discard_stale_builds(self, env_hash: str) -> None:
+        """Remove what killed builds of this env left (lock held: none is live)."""
+        if self.builds_dir.is_dir():
+            for stale in self.builds_dir.glob(f"{env_hash}-*"):
+                self._delete(stale)
+        target = self.env_dir(env_hash)
+        if target.exists() and self.lookup(env_hash) is None:
+            # A directory without a record was never published by bayou.
+            self._delete(target)
+
+    def publish(self, build_dir: Path, env_hash: str, record: dict[str, Any]) -> None:
+        """Write the record, then make the env visible in one rename."""
+        meta = build_dir / RECORD_DIR
+        meta.mkdir(exist_ok=True)
+        tmp = meta / (RECORD_FILE + ".tmp")
+        with open(tmp, "w") as fh:
+            json.dump(record, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, meta / RECORD_FILE)
+        (meta / "used").touch()
+        self.envs_dir.mkdir(parents=True, exist_ok=True)
+        os.rename(build_dir, self.env_dir(env_hash))
+        _fsync_dir(self.envs_dir)
+
+    def abandon(self, build_dir: Path) -> None:
+        self._delete(build_dir)
+
+    # -- removal ------------------------------------------------------------------
+
+    def remove(self, env_hash: str) -> bool:
+        """Delete one env; True if it existed."""
+        with self.lock(env_hash):
+            target = self.env_dir(env_hash)
+            if not target.exists():
+                return False
+            self._delete(target)
+            return True
+
+    def gc(
+        self,
+        max_age: float | None = None,
+        max_size: int | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> list[StoredEnv]:
+        """Evict envs unused for `max_age` seconds, then the least recently
+        used until the envs fit in `max_size` bytes. Returns what was evicted."""
+        envs = self.list()  # most recently used first
+        now = time.time()
+        evict: list[StoredEnv] = []
+        keep: list[StoredEnv] = []
+        for env in envs:
+            if max_age is not None and now - env.last_used > max_age:
+                evict.append(env)
+            else:
+                keep.append(env)
+        if max_size is not None:
+            total = sum(e.size for e in keep)
+            while keep and total > max_size:
+                victim = keep.pop()  # least recently used
+                total -= victim.size
+                evict.append(victim)
+        if not dry_run:
+            for env in evict:
+                self.remove(env.hash)
+        return evict
+
+    def _delete(self, path: Path) -> None:
+        """Rename out of sight first, so nobody sees a half-deleted tree."""
+        trash = self.root / "trash"
+        trash.mkdir(parents=True, exist_ok=True)
+        moved = trash / f"{path.name}-{secrets.token_hex(4)}"
+        try:
+            os.rename(path, moved)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(moved, ignore_errors=True)
+
+
+def tree_size(path: Path) -> int:
+    """Bytes used by a tree, each hard-linked inode counted once."""
+    seen: set[int] = set()
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in filenames + dirnames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if st.st_ino not in seen:
+                seen.add(st.st_ino)
+                total += st.st_size
+    return total
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
