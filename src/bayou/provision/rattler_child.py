@@ -85,9 +85,9 @@ def _culprit(message: str, specs: list[str]) -> str | None:
             if match.group(1) in names:
                 return names[match.group(1)]
     for name, spec in names.items():
-        if re.search(rf"(?<![A-Za-z0-9_.\-]){re.escape(name)}(?![A-Za-z0-9_\-])", message):
-            if name != "python":
-                return spec
+        pattern = rf"(?<![A-Za-z0-9_.\-]){re.escape(name)}(?![A-Za-z0-9_\-])"
+        if name != "python" and re.search(pattern, message):
+            return spec
     return None
 
 
