@@ -8,7 +8,8 @@ Layout under the root (`$BAYOU_HOME`, else the user cache dir + ``/bayou``)::
     builds/<hash>-<random>/   builds in progress (never used as an env)
     trash/                    envs being deleted (renamed here first)
     locks/<hash>.lock         one cross-process lock per env hash
-    pkgs/conda/  pkgs/uv/     package caches shared by all envs (hard links)
+    pkgs/conda/  pkgs/uv/     package caches shared by all envs (hard links;
+                              $BAYOU_PKGS_DIR puts them elsewhere)
     logs/                     build logs and worker logs
 
 Publishing is a single ``rename(builds/<hash>-x, envs/<hash>)`` done by the
@@ -67,8 +68,16 @@ class StoredEnv:
 class Store:
     """A store root; cheap to create, all state is on disk."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        pkgs_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.root = Path(root).expanduser() if root is not None else default_root()
+        # Package caches may be shared between stores ($BAYOU_PKGS_DIR); keep
+        # them on the envs' file system so installs are hard links.
+        pkgs = pkgs_dir or os.environ.get("BAYOU_PKGS_DIR")
+        self.pkgs_dir = Path(pkgs).expanduser() if pkgs else self.root / "pkgs"
 
     # -- layout ---------------------------------------------------------------
 
@@ -82,15 +91,15 @@ class Store:
 
     @property
     def conda_cache(self) -> Path:
-        return self.root / "pkgs" / "conda"
+        return self.pkgs_dir / "conda"
 
     @property
     def repodata_cache(self) -> Path:
-        return self.root / "pkgs" / "repodata"
+        return self.pkgs_dir / "repodata"
 
     @property
     def uv_cache(self) -> Path:
-        return self.root / "pkgs" / "uv"
+        return self.pkgs_dir / "uv"
 
     @property
     def logs_dir(self) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -68,6 +69,7 @@ def run_tool(
         env=dict(env) if env is not None else None,
         cwd=cwd,
         start_new_session=True,
+        preexec_fn=die_with_parent if sys.platform == "linux" else None,
     )
     out_lines: list[str] = []
     err_chunks: list[str] = []
@@ -104,6 +106,15 @@ def run_tool(
     for reader in readers:
         reader.join(timeout=5)
     return ToolResult(list(argv), proc.returncode, "".join(out_lines), "".join(err_chunks))
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: SIGKILL me when the process that started me
+    dies, even by SIGKILL, so no tool outlives a killed build."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -15,7 +15,6 @@ is about when uv names one, and the full output.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable
@@ -113,15 +112,14 @@ def install(
     return result
 
 
-def installed(python: Path, cache_dir: Path, deadline: Deadline) -> list[dict[str, str]]:
-    argv = [uv_binary(), "pip", "list", "--python", str(python), "--format", "json", "--no-config"]
-    result = run_tool(argv, deadline=deadline, what="listing", env=uv_environ(cache_dir))
-    if result.returncode != 0:
-        return []
-    try:
-        return [{"name": p["name"], "version": p["version"]} for p in json.loads(result.stdout)]
-    except (ValueError, KeyError):
-        return []
+def installed_by(result: ToolResult) -> list[dict[str, str]]:
+    """The distributions an install added (uv prints ``+ name==version``).
+
+    Read from uv's report rather than listing the env, so a conda env's own
+    Python packages are not mistaken for pip-installed ones.
+    """
+    found = re.findall(r"^\s*\+\s+([A-Za-z0-9_.\-]+)==(\S+)", result.stderr, re.MULTILINE)
+    return sorted(({"name": n, "version": v} for n, v in found), key=lambda p: p["name"])
 
 
 def _uv_message(result: ToolResult) -> str:

@@ -1,0 +1,62 @@
+"""Shared fixtures: a private store per test, shared package caches, and the
+local conda channel (built once per machine, see tests/support/conda_channel.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def cache_root() -> Path:
+    root = Path(os.environ.get("BAYOU_TEST_CACHE") or Path.home() / ".cache" / "bayou-tests")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_pkgs() -> Path:
+    """One uv/conda package cache for the session: real downloads happen once."""
+    path = cache_root() / "pkgs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def store_root(tmp_path_factory, shared_pkgs, monkeypatch) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    monkeypatch.setenv("BAYOU_HOME", str(root))
+    monkeypatch.setenv("BAYOU_PKGS_DIR", str(shared_pkgs))
+    return root
+
+
+@pytest.fixture
+def store(store_root):
+    import bayou
+
+    return bayou.Store(store_root)
+
+
+@pytest.fixture(scope="session")
+def conda_channel() -> str:
+    """URL of the local conda channel (python 3.11 + demo packages)."""
+    from tests.support.conda_channel import build_channel
+
+    return build_channel(("3.11",)).as_uri()
+
+
+def require_interpreter(version: str):
+    """A discovered interpreter; its absence is a failure here, not a skip."""
+    from bayou import interpreters
+
+    found = interpreters.find(version)
+    if found is None:
+        versions = [i.version_text for i in interpreters.discover()]
+        pytest.fail(f"no python {version} found on this machine (found {versions})")
+    return found
