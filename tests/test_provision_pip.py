@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -80,7 +81,8 @@ def test_missing_package_names_it(store):
         bayou.provision(env)
     assert info.value.package == "bayou-no-such-package-xyz==1.0"
     assert "bayou-no-such-package-xyz" in str(info.value)
-    assert info.value.log_file and "bayou-no-such-package-xyz" in open(info.value.log_file).read()
+    log = Path(info.value.log_file).read_text()
+    assert "bayou-no-such-package-xyz" in log
     assert store.list() == [] and list(store.builds_dir.iterdir()) == []
 
 
