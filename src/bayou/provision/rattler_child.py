@@ -37,11 +37,11 @@ def _record_dict(record: Any) -> dict[str, Any]:
     return {
         "name": record.name.normalized,
         "version": str(record.version),
-        "build": record.build,
-        "channel": record.channel,
-        "subdir": record.subdir,
-        "url": record.url,
-        "file_name": record.file_name,
+        "build": str(record.build),
+        "channel": str(record.channel),
+        "subdir": str(record.subdir),
+        "url": str(record.url),
+        "file_name": str(record.file_name),
         "sha256": record.sha256.hex() if record.sha256 else None,
         "md5": record.md5.hex() if record.md5 else None,
     }
@@ -132,10 +132,11 @@ async def _solve_and_install(request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "stage": "install", "message": str(exc), "package": None}
     lock_path = Path(request["build_prefix"]) / ".bayou" / "conda-lock.yml"
     lock_path.parent.mkdir(exist_ok=True)
-    lock = rattler.LockFile([platform])
+    lock_platform = rattler.LockPlatform(request["platform"])
+    lock = rattler.LockFile([lock_platform])
     lock.set_channels("default", [rattler.LockChannel(c) for c in request["channels"]])
     for record in records:
-        lock.add_conda_package("default", rattler.LockPlatform(request["platform"]), record)
+        lock.add_conda_package("default", lock_platform, record)
     lock.to_path(lock_path)
     return {"ok": True, "records": [_record_dict(r) for r in records], "lock": str(lock_path)}
 
@@ -154,7 +155,7 @@ def main(argv: list[str]) -> int:
         }
     tmp = request["result_path"] + ".tmp"
     with open(tmp, "w") as fh:
-        json.dump(result, fh)
+        json.dump(result, fh, default=str)
     os.replace(tmp, request["result_path"])
     sys.stdout.flush()
     # Skip interpreter teardown: it is where py-rattler may crash.
