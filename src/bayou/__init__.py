@@ -16,6 +16,7 @@ from .errors import (
     RemoteError,
     SpecError,
     TaskTimeoutError,
+    UnpicklingError,
     WorkerCrashedError,
     WorkerHungError,
 )
@@ -23,11 +24,20 @@ from .store import Store
 
 __version__ = "0.1.0"
 
+from .executor import BayouFuture, EnvExecutor, Progress  # noqa: E402
 from .provision import ProgressEvent, provision  # noqa: E402  (needs __version__)
 from .run import run  # noqa: E402
+from .task_api import cancel, cancel_requested, report_progress  # noqa: E402
 
 __all__ = [
     "BayouError",
+    "BayouFuture",
+    "EnvExecutor",
+    "Progress",
+    "UnpicklingError",
+    "cancel",
+    "cancel_requested",
+    "report_progress",
     "Env",
     "Environment",
     "MemoryLimitError",

@@ -9,6 +9,7 @@ The worker-side failures subclass `BrokenProcessPool` so code written for
 
 from __future__ import annotations
 
+import pickle
 from concurrent.futures.process import BrokenProcessPool
 
 
@@ -108,5 +109,14 @@ class MemoryLimitError(WorkerCrashedError, MemoryError):
     """A worker crossed `max_memory_per_worker` while running a task."""
 
 
-class PicklingError(BayouError, TypeError):
-    """Something that must cross the process boundary cannot be serialised."""
+class PicklingError(BayouError, pickle.PicklingError, TypeError):
+    """Something that must cross the process boundary cannot be serialised.
+
+    A `pickle.PicklingError` too, so code (and CPython's tests) written for
+    ProcessPoolExecutor keeps catching it."""
+
+
+class UnpicklingError(BrokenProcessPool, BayouError, pickle.UnpicklingError):
+    """A task could not be loaded in the worker (e.g. its module is missing
+    there), or its result could not be loaded in the caller. Only that task
+    fails."""

@@ -1,0 +1,1054 @@
+"""The pool: worker processes for one environment and the supervisor thread that runs them.
+
+Data flow, in the spirit of CPython's concurrent/futures/process.py::
+
+    EnvExecutor.submit ─▶ Pool.submit ─▶ pending deque ─▶ (idle worker?) send TASK
+                                                         (none?) spawn a worker
+    supervisor thread, one selector loop over:
+        wakeup pipe        submit/cancel/shutdown asking for attention
+        listening socket   new worker connections: CHALLENGE ─▶ AUTH ─▶ WELCOME
+        worker sockets     READY, RESULT, PROGRESS, HEARTBEAT frames
+        worker pipes       fd 1/2 of user code ─▶ logger bayou.worker.<env>.<slot> + log file
+        pidfds             a worker died
+    and timers: heartbeat_timeout, task_timeout, bayou.cancel grace, memory cap,
+    start timeout, retiring workers that do not leave.
+
+A task is sent to exactly one idle worker (one TASK frame) and answered by
+exactly one RESULT frame; the next task is sent before the finished future's
+callbacks run, so workers stay busy. When a worker dies, only the task it was
+running fails (`WorkerCrashedError` with exit code or signal and the stderr
+tail; `WorkerHungError`, `TaskTimeoutError`, `MemoryLimitError` when we killed
+it and why), or is put back at the head of the queue when `retries` allow.
+The worker is replaced on demand. An initializer that fails, or workers that
+repeatedly die before becoming ready, break the pool like ProcessPoolExecutor:
+pending futures fail with `BrokenProcessPool` and `submit` raises it.
+
+Workers are spawned only from the supervisor thread: on Linux they ask for
+PR_SET_PDEATHSIG, which fires when the *thread* that forked them ends, and the
+supervisor lives exactly as long as the pool. Each worker leads its own
+process group; killing it kills the group, so user subprocesses go too.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import itertools
+import logging
+import os
+import pickle
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import errors, protocol
+from .environment import Environment
+from .worker import deploy, wire
+
+logger = logging.getLogger("bayou.executor")
+
+STARTING, IDLE, BUSY, RETIRING = "starting", "idle", "busy", "retiring"
+
+BOOTSTRAP = (
+    "import sys\n"
+    "if sys.path and sys.path[0] == '': sys.path[0] = sys.argv[1]\n"
+    "else: sys.path.insert(0, sys.argv[1])\n"
+    "from _bayou_worker.main import main\n"
+    "main()\n"
+)
+
+_MAX_SELECT = 0.5
+_HANDSHAKE_TIMEOUT = 10.0
+_RETIRE_TIMEOUT = 10.0
+_STDERR_TAIL = 20
+_MAX_START_FAILURES = 3
+_QUIET: tuple[type | None, str] = (None, "")  # a kill that fails no task by itself
+
+
+def heartbeat_interval(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    return min(1.0, max(0.05, timeout / 5))
+
+
+@dataclass(eq=False)
+class WorkItem:
+    """One submitted call (or map chunk) and its future."""
+
+    future: Any
+    call_kind: int
+    fn_record: tuple
+    args_blob: bytes
+    roots: frozenset
+    label: str
+    task_id: int = 0
+    attempts: int = 0
+    started: bool = False
+    cancel_requested: bool = False
+    worker: WorkerHandle | None = None
+    _payload: bytes | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        """Drop the pickled call once the item is settled (its future may live long)."""
+        self.args_blob = b""
+        self.fn_record = ()
+        self._payload = None
+
+    def payload(self) -> bytes:
+        if self._payload is None:
+            self._payload = protocol.encode_task(
+                self.task_id, self.call_kind, self.fn_record, self.args_blob, self.roots
+            )
+        return self._payload
+
+
+class WorkerProcess:
+    """A worker as `ProcessPoolExecutor._processes` shows it (pid, join, terminate)."""
+
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self._reaped = threading.Event()
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._popen.returncode if self._reaped.is_set() else None
+
+    def is_alive(self) -> bool:
+        return not self._reaped.is_set()
+
+    def _signal(self, sig: int) -> None:
+        if not self._reaped.is_set():  # only the supervisor reaps: the pid is still ours
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._reaped.wait(timeout)
+
+    def __repr__(self) -> str:
+        return f"<WorkerProcess pid={self.pid} alive={self.is_alive()}>"
+
+
+class WorkerHandle:
+    """The supervisor's record of one worker process."""
+
+    def __init__(self, pool: Pool, slot: int, worker_id: int, popen: subprocess.Popen) -> None:
+        self.slot = slot
+        self.worker_id = worker_id
+        self.popen = popen
+        self.pid = popen.pid
+        self.process = WorkerProcess(popen)
+        self.state = STARTING
+        self.sock = None
+        self.reader: wire.FrameReader | None = None
+        self.send_lock = threading.Lock()
+        self.item: WorkItem | None = None
+        now = time.monotonic()
+        self.started_at = now
+        self.last_seen = now
+        self.task_started = now
+        self.retired_at = 0.0
+        self.tasks_done = 0
+        self.ready = False
+        self.dead = False
+        self.kill_reason: tuple[type | None, str] | None = None
+        self.cancel_deadline: float | None = None
+        self.next_memory_check = 0.0
+        self.psutil_process = None
+        self.pidfd: int | None = None
+        self.partial = {"out": b"", "err": b""}
+        self.err_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
+        self.log_path: Path | None = None
+        self.log_file = None
+        self.logger = logging.getLogger(f"bayou.worker.{pool.environment.hash}.{slot}")
+        self.version = pool.environment.python_version
+        self.env_hash = pool.environment.hash
+
+    def describe(self) -> str:
+        return f"worker {self.slot} (pid {self.pid}, env {self.env_hash}, Python {self.version})"
+
+    def send(self, kind: int, payload: bytes = b"") -> bool:
+        with self.send_lock:
+            if self.sock is None:
+                return False
+            try:
+                wire.send_frame(self.sock, kind, payload)
+                return True
+            except OSError:
+                return False
+
+
+class Pool:
+    """Worker processes for one environment, driven by one supervisor thread."""
+
+    def __init__(
+        self,
+        environment: Environment,
+        *,
+        max_workers: int,
+        initializer: bytes | None = None,
+        initializer_roots: frozenset = frozenset(),
+        max_tasks_per_child: int | None = None,
+        heartbeat_timeout: float | None = 10.0,
+        task_timeout: float | None = None,
+        retries: int = 0,
+        max_memory_per_worker: int | None = None,
+        log_dir: str | os.PathLike | None = None,
+        runtime_root: str | os.PathLike | None = None,
+        start_timeout: float = 120.0,
+    ) -> None:
+        self.environment = environment
+        self.max_workers = max_workers
+        self.initializer = initializer
+        self.initializer_roots = sorted(initializer_roots)
+        self.max_tasks_per_child = max_tasks_per_child
+        self.heartbeat_timeout = heartbeat_timeout
+        self.task_timeout = task_timeout
+        self.retries = retries
+        self.max_memory = max_memory_per_worker
+        self.start_timeout = start_timeout
+        self._runtime_root = runtime_root
+        self._log_dir = Path(log_dir) if log_dir is not None else None
+        self._own_log_dir = log_dir is None
+        self._keep_logs = False
+
+        self.processes: dict[int, WorkerProcess] = {}
+        self.broken: str | None = None
+        self._lock = threading.Lock()
+        self._pending: collections.deque[WorkItem] = collections.deque()
+        self._workers: list[WorkerHandle] = []
+        self._idle: list[WorkerHandle] = []
+        self._task_ids = itertools.count(1)
+        self._worker_ids = itertools.count(1)
+        self._shutdown = False
+        self._stopping = False
+        self._start_failures = 0
+        self._calls: collections.deque = collections.deque()
+        self.thread: threading.Thread | None = None
+        self._listener: protocol.Listener | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r = self._wake_w = -1
+        self._handshakes: dict[Any, tuple[bytes, wire.FrameReader, float]] = {}
+        self._command: list[str] = []
+        self._environ: dict[str, str] = {}
+        self._runtime_dir = ""
+
+    # -- called from user threads ---------------------------------------------
+
+    def submit(self, item: WorkItem) -> None:
+        self._ensure_started()
+        with self._lock:
+            if self.broken is not None:
+                raise BrokenProcessPool(self.broken)
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            item.task_id = next(self._task_ids)
+            item.future._bayou_cancel = functools.partial(self.cancel, item)
+            self._pending.append(item)
+            assignments = self._assign_locked()
+            spawn = self._spawn_needed_locked()
+        self._send_tasks(assignments)
+        if spawn:
+            self._in_supervisor(self._spawn_as_needed)
+
+    def cancel(self, item: WorkItem, grace: float) -> bool:
+        """`bayou.cancel`: drop a queued task, or ask a running one to stop then kill."""
+        fut = item.future
+        with self._lock:
+            if fut.done():
+                return False
+            worker = item.worker
+            if worker is None:
+                try:
+                    self._pending.remove(item)
+                except ValueError:
+                    return False
+            else:
+                item.cancel_requested = True
+                deadline = time.monotonic() + max(0.0, grace)
+                if worker.cancel_deadline is None or deadline < worker.cancel_deadline:
+                    worker.cancel_deadline = deadline
+        if worker is None:
+            item.release()
+            if not item.started:
+                fut.cancel()
+                fut.set_running_or_notify_cancel()
+            else:
+                fut._force_cancel()
+            return True
+        worker.send(wire.CANCEL, pickle.dumps(item.task_id, 4))
+        self._wake()
+        return True
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        cancelled: list[WorkItem] = []
+        with self._lock:
+            self._shutdown = True
+            if cancel_futures:
+                cancelled = list(self._pending)
+                self._pending.clear()
+                for w in self._workers:
+                    if w.item is not None:
+                        w.item.cancel_requested = True
+                        w.cancel_deadline = 0.0
+            thread = self.thread
+        for item in cancelled:
+            item.release()
+            if item.started:
+                item.future._force_cancel()
+            else:
+                item.future.cancel()
+                item.future.set_running_or_notify_cancel()
+        if thread is None:
+            return
+        self._wake()
+        if wait and thread is not threading.current_thread():
+            thread.join()
+
+    # -- startup ---------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        if self.thread is not None:
+            return
+        with self._lock:
+            if self.thread is not None or self._shutdown:
+                return
+            env = self.environment
+            self._runtime_dir = str(deploy.ensure_runtime(self._runtime_root))
+            flags = [] if env.is_current else ["-s"]
+            self._command = [str(env.python), *flags, "-c", BOOTSTRAP, self._runtime_dir]
+            self._environ = env.environ()
+            self._listener = protocol.Listener()
+            self._selector = selectors.DefaultSelector()
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+            self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake",))
+            self._selector.register(self._listener.sock, selectors.EVENT_READ, ("listen",))
+            thread = threading.Thread(
+                target=self._run, name=f"bayou-supervisor-{env.hash}", daemon=True
+            )
+            _live_pools.add(self)
+            thread.start()
+            self.thread = thread
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _in_supervisor(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the supervisor thread and wait for it (spawning must happen there)."""
+        if threading.current_thread() is self.thread:
+            fn()
+            return
+        done = threading.Event()
+        self._calls.append((fn, done))
+        self._wake()
+        while not done.wait(1.0):
+            if self.thread is None or not self.thread.is_alive():
+                return
+
+    # -- scheduling (under self._lock) -----------------------------------------
+
+    def _assign_locked(self) -> list[tuple[WorkerHandle, WorkItem]]:
+        out = []
+        now = time.monotonic()
+        while self._pending and self._idle:
+            item = self._pending.popleft()
+            if not item.started:
+                if not item.future.set_running_or_notify_cancel():
+                    continue
+                item.started = True
+            w = self._idle.pop()
+            w.state = BUSY
+            w.item = item
+            w.task_started = now
+            w.cancel_deadline = None
+            w.next_memory_check = now + 0.05
+            item.worker = w
+            out.append((w, item))
+        return out
+
+    def _spawn_needed_locked(self) -> bool:
+        if self.broken is not None or not self._pending:
+            return False
+        live = [w for w in self._workers if w.state != RETIRING]
+        starting = sum(1 for w in live if w.state == STARTING)
+        return len(live) < self.max_workers and len(self._pending) > starting + len(self._idle)
+
+    def _send_tasks(self, assignments: list[tuple[WorkerHandle, WorkItem]]) -> None:
+        for w, item in assignments:
+            w.send(wire.TASK, item.payload())
+            # A failed send means the worker died; the supervisor sees that and
+            # fails or retries the item it recorded as running there.
+
+    # -- the supervisor thread -------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            timeout = 0.0
+            while True:
+                for key, _ in self._selector.select(timeout):
+                    self._dispatch(key)
+                self._run_calls()
+                timeout = self._check_timers()
+                if self._maybe_finish():
+                    break
+        except BaseException:
+            logger.critical("bayou supervisor thread crashed", exc_info=True)
+            self._break("the pool's supervisor thread crashed (a bug in bayou)")
+            for w in list(self._workers):
+                self._kill(w, None)
+                self._on_exit(w)
+        finally:
+            self._close()
+
+    def _run_calls(self) -> None:
+        while self._calls:
+            fn, done = self._calls.popleft()
+            try:
+                fn()
+            finally:
+                done.set()
+
+    def _dispatch(self, key: selectors.SelectorKey) -> None:
+        data = key.data
+        tag = data[0]
+        if tag == "sock":
+            self._on_socket(data[1])
+        elif tag in ("out", "err"):
+            self._on_pipe(data[1], tag, key.fd)
+        elif tag == "pidfd":
+            self._on_exit(data[1])
+        elif tag == "wake":
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        elif tag == "listen":
+            self._on_accept()
+        elif tag == "conn":
+            self._on_handshake(key.fileobj)
+
+    def _on_accept(self) -> None:
+        while True:
+            conn = self._listener.accept()
+            if conn is None:
+                return
+            try:
+                nonce = protocol.challenge(conn)
+            except OSError:
+                conn.close()
+                continue
+            self._handshakes[conn] = (nonce, wire.FrameReader(), time.monotonic())
+            self._selector.register(conn, selectors.EVENT_READ, ("conn",))
+
+    def _drop_handshake(self, conn) -> None:
+        self._handshakes.pop(conn, None)
+        self._selector.unregister(conn)
+        conn.close()
+
+    def _on_handshake(self, conn) -> None:
+        nonce, reader, _ = self._handshakes[conn]
+        try:
+            if not reader.feed_from(conn):
+                raise EOFError
+        except (OSError, EOFError):
+            self._drop_handshake(conn)
+            return
+        if not reader.frames:
+            return
+        kind, payload = reader.frames.popleft()
+        worker = None
+        if kind == wire.AUTH:
+            try:
+                worker_nonce, worker_id, info = protocol.accept_auth(
+                    self._listener.key, nonce, payload
+                )
+            except ValueError as exc:
+                logger.warning("rejected a connection to the worker socket: %s", exc)
+            else:
+                for w in self._workers:
+                    if w.worker_id == worker_id and w.sock is None and not w.dead:
+                        worker = w
+        if worker is None:
+            self._drop_handshake(conn)
+            return
+        self._handshakes.pop(conn)
+        self._selector.unregister(conn)
+        actual = tuple(info.get("version", (0, 0)))[:2]
+        if actual != self.environment.python_xy:
+            conn.close()
+            self._break(
+                f"environment {self.environment.hash} declares Python "
+                f"{self.environment.python_version} but {self.environment.python} is "
+                f"Python {'.'.join(map(str, info.get('version', ())))}"
+            )
+            return
+        worker.version = ".".join(map(str, info["version"]))
+        worker.sock, worker.reader = conn, reader
+        worker.last_seen = time.monotonic()
+        self._selector.register(conn, selectors.EVENT_READ, ("sock", worker))
+        try:
+            protocol.welcome(conn, self._listener.key, worker_nonce, self._worker_config())
+        except OSError:
+            pass  # it died; EOF follows
+        if reader.frames:
+            self._frames(worker)
+
+    def _worker_config(self) -> dict:
+        env = self.environment
+        sys_path = None
+        if env.is_current:
+            cwd = os.getcwd()
+            sys_path = [os.path.join(cwd, p) if p else cwd for p in sys.path]
+        return {
+            "sys_path": sys_path,
+            "append_path": [os.path.join(self._runtime_dir, deploy.SHIM_DIR)],
+            "heartbeat_interval": heartbeat_interval(self.heartbeat_timeout),
+            "initializer": self.initializer,
+            "roots": self.initializer_roots,
+        }
+
+    def _on_socket(self, w: WorkerHandle) -> None:
+        try:
+            alive = w.reader.feed_from(w.sock)
+        except OSError:
+            alive = False
+        w.last_seen = time.monotonic()
+        self._frames(w)
+        if not alive:
+            self._on_exit(w)
+
+    def _frames(self, w: WorkerHandle) -> None:
+        frames = w.reader.frames
+        while frames and not w.dead:
+            kind, payload = frames.popleft()
+            if kind == wire.RESULT:
+                self._on_result(w, payload)
+            elif kind == wire.HEARTBEAT:
+                pass
+            elif kind == wire.PROGRESS:
+                self._on_progress(w, payload)
+            elif kind == wire.READY:
+                self._on_ready(w)
+            elif kind == wire.INIT_FAILED:
+                self._on_init_failed(w, payload)
+
+    def _on_ready(self, w: WorkerHandle) -> None:
+        w.ready = True
+        with self._lock:
+            self._start_failures = 0
+            if w.state == STARTING:
+                w.state = IDLE
+                self._idle.append(w)
+            assignments = self._assign_locked()
+        self._send_tasks(assignments)
+
+    def _on_init_failed(self, w: WorkerHandle, payload: bytes) -> None:
+        cause = protocol.rebuild_exception(pickle.loads(payload))
+        logger.critical("Exception in initializer of %s:", w.describe(), exc_info=cause)
+        self._break(f"A worker's initializer failed: {cause!r}", cause)
+
+    def _on_progress(self, w: WorkerHandle, payload: bytes) -> None:
+        task_id, done, total, message = pickle.loads(payload)
+        item = w.item
+        if item is not None and item.task_id == task_id:
+            item.future._set_progress(done, total, message)
+
+    def _on_result(self, w: WorkerHandle, payload: bytes) -> None:
+        task_id, status, data = pickle.loads(payload)
+        item = w.item
+        if item is None or item.task_id != task_id:
+            return
+        w.item = None
+        item.worker = None
+        w.tasks_done += 1
+        retire = (
+            self.max_tasks_per_child is not None and w.tasks_done >= self.max_tasks_per_child
+        ) or (self.max_memory is not None and self._rss(w) > self.max_memory)
+        with self._lock:
+            if retire:
+                self._retire_locked(w)
+            else:
+                w.state = IDLE
+                self._idle.append(w)
+            assignments = self._assign_locked()
+            spawn = self._spawn_needed_locked()
+        self._send_tasks(assignments)
+        if retire:
+            w.send(wire.SHUTDOWN)
+        if spawn:
+            self._spawn_as_needed()
+        self._complete(item, status, data)
+
+    def _retire_locked(self, w: WorkerHandle) -> None:
+        if w in self._idle:
+            self._idle.remove(w)
+        w.state = RETIRING
+        w.retired_at = time.monotonic()
+        if self.processes.get(w.pid) is w.process:
+            del self.processes[w.pid]
+
+    def _complete(self, item: WorkItem, status: int, data: Any) -> None:
+        item.release()
+        fut = item.future
+        if item.cancel_requested:
+            fut._force_cancel()
+            return
+        if status == wire.OK:
+            try:
+                value = protocol.loads(data)
+            except BaseException as exc:
+                err = protocol.UnpicklingError(
+                    f"the result of {item.label} could not be unpickled in the caller: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                err.__cause__ = exc
+                _set_exception(fut, err)
+            else:
+                _set_result(fut, value)
+            return
+        cause = protocol.rebuild_exception(data)
+        if status == wire.RAISED:
+            _set_exception(fut, cause)
+            return
+        env = self.environment
+        if status == wire.LOAD_FAILED:
+            err = protocol.UnpicklingError(
+                f"{item.label} could not be loaded in the worker (env {env.hash}, Python "
+                f"{env.python_version}): {data['type']}: {data['message']}"
+            )
+        else:
+            err = errors.PicklingError(
+                f"the {data.get('note') or 'result'} returned by {item.label} could not be "
+                f"pickled in the worker: {data['type']}: {data['message']}"
+            )
+        err.__cause__ = cause
+        _set_exception(fut, err)
+
+    # -- worker processes --------------------------------------------------------
+
+    def _spawn_as_needed(self) -> None:
+        while True:
+            with self._lock:
+                if not self._spawn_needed_locked():
+                    return
+            if not self._spawn_one():
+                return
+
+    def _spawn_one(self) -> bool:
+        used = {w.slot for w in self._workers}
+        slot = next(i for i in itertools.count() if i not in used)
+        worker_id = next(self._worker_ids)
+        cmd = [*self._command, self._listener.path, str(worker_id), str(os.getpid())]
+        try:
+            popen = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self._environ,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            self._break(f"cannot start a worker with {self.environment.python}: {exc}", exc)
+            return False
+        try:
+            popen.stdin.write(self._listener.key)
+            popen.stdin.close()
+        except OSError:
+            pass  # died at once: the exit path reports it
+        w = WorkerHandle(self, slot, worker_id, popen)
+        for tag, stream in (("out", popen.stdout), ("err", popen.stderr)):
+            os.set_blocking(stream.fileno(), False)
+            self._selector.register(stream, selectors.EVENT_READ, (tag, w))
+        if hasattr(os, "pidfd_open"):
+            try:
+                w.pidfd = os.pidfd_open(popen.pid)
+                self._selector.register(w.pidfd, selectors.EVENT_READ, ("pidfd", w))
+            except OSError:
+                w.pidfd = None
+        with self._lock:
+            self._workers.append(w)
+            self.processes[w.pid] = w.process
+        return True
+
+    def _kill(self, w: WorkerHandle, reason: tuple[type | None, str] | None) -> None:
+        if w.dead:
+            return
+        if w.kill_reason is None:
+            w.kill_reason = reason or (WorkerCrashedError, "")
+        try:
+            os.killpg(w.pid, signal.SIGKILL)
+        except OSError:
+            try:
+                os.kill(w.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def _rss(self, w: WorkerHandle) -> int:
+        try:
+            if w.psutil_process is None:
+                import psutil
+
+                w.psutil_process = psutil.Process(w.pid)
+            return w.psutil_process.memory_info().rss
+        except Exception:
+            return 0
+
+    def _on_pipe(self, w: WorkerHandle, tag: str, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._forward(w, tag, data)
+        else:
+            self._close_pipe(w, tag)
+
+    def _close_pipe(self, w: WorkerHandle, tag: str) -> None:
+        stream = w.popen.stdout if tag == "out" else w.popen.stderr
+        if stream is None or stream.closed:
+            return
+        if w.partial[tag]:
+            self._forward(w, tag, b"\n")
+        try:
+            self._selector.unregister(stream)
+        except (KeyError, ValueError):
+            pass
+        stream.close()
+
+    def _forward(self, w: WorkerHandle, tag: str, data: bytes) -> None:
+        lines = (w.partial[tag] + data).split(b"\n")
+        w.partial[tag] = lines.pop()
+        if not lines:
+            return
+        level = logging.INFO if tag == "out" else logging.WARNING
+        log_file = self._log_file(w)
+        stamp = time.strftime("%H:%M:%S")
+        for raw in lines:
+            text = raw.decode("utf-8", "replace").rstrip("\r")
+            if log_file is not None:
+                log_file.write(f"{stamp} {tag} | {text}\n")
+            if tag == "err":
+                w.err_tail.append(text)
+            w.logger.log(level, "%s", text, extra={"worker_pid": w.pid, "stream": tag})
+        if log_file is not None:
+            log_file.flush()
+
+    def _log_file(self, w: WorkerHandle):
+        if w.log_file is None and w.log_path is None:
+            try:
+                if self._log_dir is None:
+                    self._log_dir = Path(tempfile.mkdtemp(prefix="bayou-logs-"))
+                self._log_dir.mkdir(parents=True, exist_ok=True)
+                w.log_path = self._log_dir / f"worker-{self.environment.hash}-{w.slot}-{w.pid}.log"
+                w.log_file = open(w.log_path, "a", encoding="utf-8")  # noqa: SIM115
+            except OSError:
+                w.log_path = Path(os.devnull)
+        return w.log_file
+
+    def _drain_pipes(self, w: WorkerHandle) -> None:
+        for tag, stream in (("out", w.popen.stdout), ("err", w.popen.stderr)):
+            if stream is None or stream.closed:
+                continue
+            while True:
+                try:
+                    data = os.read(stream.fileno(), 65536)
+                except (BlockingIOError, OSError):
+                    break
+                if not data:
+                    break
+                self._forward(w, tag, data)
+            self._close_pipe(w, tag)
+
+    def _on_exit(self, w: WorkerHandle) -> None:
+        """A worker is gone (EOF on its socket, pidfd, or we killed it): account for it."""
+        if w.dead:
+            return
+        w.dead = True
+        if w.pidfd is not None:
+            self._selector.unregister(w.pidfd)
+            os.close(w.pidfd)
+            w.pidfd = None
+        with w.send_lock:
+            if w.sock is not None:
+                try:
+                    self._selector.unregister(w.sock)
+                except (KeyError, ValueError):
+                    pass
+                w.sock.close()
+                w.sock = None
+        try:
+            rc = w.popen.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            self._kill(w, None)
+            rc = w.popen.wait()
+        finally:
+            self._drain_pipes(w)
+        try:
+            os.killpg(w.pid, signal.SIGKILL)  # leftovers of its group, if any
+        except OSError:
+            pass
+        w.process._reaped.set()
+        if w.log_file is not None:
+            w.log_file.close()
+
+        outcome: BaseException | str | None = None
+        with self._lock:
+            self._workers.remove(w)
+            if w in self._idle:
+                self._idle.remove(w)
+            if self.processes.get(w.pid) is w.process:
+                del self.processes[w.pid]
+            item, w.item = w.item, None
+            if item is not None:
+                item.worker = None
+                if item.cancel_requested:
+                    outcome = "cancel"
+                else:
+                    exc, retryable = self._exit_error(w, item, rc)
+                    if retryable and item.attempts < self.retries and self.broken is None:
+                        item.attempts += 1
+                        item._payload = None
+                        self._pending.appendleft(item)
+                        logger.warning("%s; retrying (attempt %d)", exc, item.attempts + 1)
+                    else:
+                        outcome = exc
+                    self._keep_logs = True
+            elif not w.ready and w.kill_reason is None and not self._shutdown:
+                self._start_failures += 1
+                self._keep_logs = True
+            start_failed = self._start_failures >= _MAX_START_FAILURES
+            assignments = self._assign_locked()
+            spawn = self._spawn_needed_locked() and not start_failed
+        if start_failed:
+            self._break(
+                f"workers of env {self.environment.hash} ({self.environment.python}) die "
+                f"before they are ready: the last one {self._exit_text(rc)}" + self._tail(w)
+            )
+        self._send_tasks(assignments)
+        if spawn:
+            self._spawn_as_needed()
+        if outcome == "cancel":
+            item.release()
+            item.future._force_cancel()
+        elif isinstance(outcome, BaseException):
+            item.release()
+            _set_exception(item.future, outcome)
+
+    @staticmethod
+    def _exit_text(rc: int) -> str:
+        if rc < 0:
+            try:
+                name = signal.Signals(-rc).name
+            except ValueError:
+                name = f"signal {-rc}"
+            return f"was killed by signal {name} ({-rc})"
+        return f"exited with exit code {rc}"
+
+    def _tail(self, w: WorkerHandle) -> str:
+        text = ""
+        if w.err_tail:
+            text += "\nLast stderr lines:\n  " + "\n  ".join(w.err_tail)
+        if w.log_path is not None and w.log_file is not None:
+            text += f"\nWorker log: {w.log_path}"
+        return text
+
+    def _exit_error(self, w: WorkerHandle, item: WorkItem, rc: int) -> tuple[BaseException, bool]:
+        """The exception for a task whose worker died, and whether a retry is allowed."""
+        cls, why = w.kill_reason or (WorkerCrashedError, "")
+        who = w.describe()
+        if cls is WorkerCrashedError or cls is None:  # died by itself (or quiet kill)
+            msg = f"{who} {self._exit_text(rc)} while running {item.label}"
+            return WorkerCrashedError(msg + self._tail(w)), True
+        if cls is BrokenProcessPool:
+            return BrokenProcessPool(why), False
+        msg = f"{who} was killed while running {item.label}: {why}"
+        return cls(msg + self._tail(w)), cls is WorkerHungError
+
+    def _check_timers(self) -> float:
+        """Enforce every deadline; return how long the selector may sleep."""
+        now = time.monotonic()
+        nearest = now + _MAX_SELECT
+        for conn, (_, _, since) in list(self._handshakes.items()):
+            if now - since > _HANDSHAKE_TIMEOUT:
+                self._drop_handshake(conn)
+        ht, tt = self.heartbeat_timeout, self.task_timeout
+        for w in list(self._workers):
+            if w.dead or w.kill_reason is not None:
+                continue
+            if w.pidfd is None and w.popen.poll() is not None:
+                self._on_exit(w)  # no pidfd on this platform: poll
+                continue
+            if w.state == STARTING:
+                if now - w.started_at > self.start_timeout:
+                    self._kill(w, (WorkerCrashedError, "did not start in time"))
+                else:
+                    nearest = min(nearest, w.started_at + self.start_timeout)
+                continue
+            if w.state == RETIRING:
+                if now - w.retired_at > _RETIRE_TIMEOUT:
+                    self._kill(w, _QUIET)
+                continue
+            if ht is not None:
+                if now - w.last_seen > ht:
+                    self._kill(
+                        w,
+                        (
+                            WorkerHungError,
+                            f"no heartbeat for {now - w.last_seen:.1f} s "
+                            f"(heartbeat_timeout={ht}); a task stuck in code that holds "
+                            f"the GIL looks like this",
+                        ),
+                    )
+                    continue
+                nearest = min(nearest, w.last_seen + ht)
+            if w.state != BUSY:
+                continue
+            if tt is not None:
+                if now - w.task_started > tt:
+                    self._kill(w, (TaskTimeoutError, f"it ran longer than task_timeout={tt} s"))
+                    continue
+                nearest = min(nearest, w.task_started + tt)
+            if w.cancel_deadline is not None:
+                if now >= w.cancel_deadline:
+                    self._kill(w, _QUIET)
+                    continue
+                nearest = min(nearest, w.cancel_deadline)
+            if self.max_memory is not None:
+                if now >= w.next_memory_check:
+                    rss = self._rss(w)
+                    if rss > self.max_memory:
+                        self._kill(
+                            w,
+                            (
+                                MemoryLimitError,
+                                f"it used {rss} bytes of memory, over "
+                                f"max_memory_per_worker={self.max_memory}",
+                            ),
+                        )
+                        continue
+                    w.next_memory_check = now + 0.1
+                nearest = min(nearest, w.next_memory_check)
+        return max(0.0, nearest - time.monotonic())
+
+    def _break(self, message: str, cause: BaseException | None = None) -> None:
+        """Make the pool unusable, like a broken ProcessPoolExecutor."""
+        with self._lock:
+            if self.broken is not None:
+                return
+            self.broken = message
+            pending = list(self._pending)
+            self._pending.clear()
+            workers = list(self._workers)
+        self._keep_logs = True
+        for item in pending:
+            item.release()
+            if not item.started and not item.future.set_running_or_notify_cancel():
+                continue
+            exc = BrokenProcessPool(message)
+            exc.__cause__ = cause
+            _set_exception(item.future, exc)
+        for w in workers:
+            self._kill(w, (BrokenProcessPool, message))
+
+    def _maybe_finish(self) -> bool:
+        """During shutdown: retire workers once no work is left; True when all are gone."""
+        if not self._shutdown:
+            return False
+        with self._lock:
+            if self._pending or any(w.item is not None for w in self._workers):
+                return False
+            self._stopping = True
+            to_stop = [w for w in self._workers if w.state in (STARTING, IDLE)]
+            for w in to_stop:
+                self._retire_locked(w)
+            done = not self._workers and not self._calls
+        for w in to_stop:
+            if not w.ready or not w.send(wire.SHUTDOWN):
+                self._kill(w, _QUIET)
+        return done
+
+    def _close(self) -> None:
+        _live_pools.discard(self)
+        for conn in list(self._handshakes):
+            self._drop_handshake(conn)
+        for _, done in list(self._calls):
+            done.set()
+        if self._listener is not None:
+            self._listener.close()
+        if self._selector is not None:
+            self._selector.close()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+        if self._own_log_dir and self._log_dir is not None and not self._keep_logs:
+            shutil.rmtree(self._log_dir, ignore_errors=True)
+
+
+WorkerCrashedError = errors.WorkerCrashedError
+WorkerHungError = errors.WorkerHungError
+TaskTimeoutError = errors.TaskTimeoutError
+MemoryLimitError = errors.MemoryLimitError
+
+
+def _set_result(fut, value) -> None:
+    if not fut.done():
+        try:
+            fut.set_result(value)
+        except Exception:  # InvalidStateError: cancelled meanwhile
+            pass
+
+
+def _set_exception(fut, exc: BaseException) -> None:
+    if not fut.done():
+        try:
+            fut.set_exception(exc)
+        except Exception:
+            pass
+
+
+# -- interpreter exit ------------------------------------------------------------
+
+_live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+def _python_exit() -> None:
+    for pool in list(_live_pools):
+        pool.shutdown(wait=True)
+
+
+try:
+    threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
+except (AttributeError, RuntimeError):  # pragma: no cover
+    import atexit
+
+    atexit.register(_python_exit)

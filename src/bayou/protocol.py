@@ -1,0 +1,352 @@
+"""The caller's side of the worker protocol: listening, authenticating, encoding.
+
+Frame layout, message kinds and the HMAC helpers are shared with the worker
+in `bayou.worker.wire`; this module adds what only the caller does:
+
+* `Listener`: a Unix socket in a fresh 0700 directory plus the pool's random
+  key (given to workers on stdin, never in argv or the environment).
+* `challenge` / `accept_auth` / `welcome`: the caller's half of the mutual
+  HMAC handshake, written as steps so the pool's selector loop drives it
+  without blocking.
+* `TaskEncoder`: pickles a task's function and arguments for one target
+  environment. Functions and classes that cloudpickle would send *by value*
+  (lambdas, nested functions, anything from `__main__`) are bytecode and only
+  work between identical Python X.Y; for a worker of another X.Y the encoder
+  refuses them up front with a `PicklingError` naming the object, both
+  versions and the fix. Objects sent *by reference* record the directory
+  their module was imported from when it is the caller's own code (not the
+  stdlib, not site-packages), so the worker can import it too.
+* `loads` / `rebuild_exception`: results and remote exceptions back into
+  objects. A remote exception is re-raised as its own type when it unpickles
+  here, else as `RemoteError`; either way its `__cause__` carries the remote
+  traceback text (CPython's `_RemoteTraceback`, so code and tests written for
+  ProcessPoolExecutor see the same thing) and its `__traceback__` the remote
+  frames rebuilt with tblib.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import shutil
+import site
+import socket
+import sys
+import sysconfig
+import tempfile
+import time
+import types
+from collections.abc import Callable, Iterable
+from concurrent.futures.process import _RemoteTraceback
+from typing import Any
+
+import cloudpickle
+
+from . import errors
+from .worker import wire
+
+PICKLE_PROTOCOL = 5
+CALLER_XY = tuple(sys.version_info[:2])
+_VENDOR_PREFIX = "_bayou_vendor_"
+
+
+_SOCKET_DIR_PREFIX = "bayou-sock-"
+_swept = False
+
+
+def _sweep_stale_socket_dirs(base: str) -> None:
+    """Remove socket dirs left by callers that were killed (SIGKILL cannot clean up).
+
+    A directory is stale when it is ours, older than a minute, and its socket
+    refuses connections (no process listens on it any more).
+    """
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(_SOCKET_DIR_PREFIX)]
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        directory = os.path.join(base, name)
+        try:
+            st = os.lstat(directory)
+            if st.st_uid != os.getuid() or now - st.st_mtime < 60:
+                continue
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.connect(os.path.join(directory, "s"))
+        except ConnectionRefusedError:
+            shutil.rmtree(directory, ignore_errors=True)
+        except OSError:
+            continue
+
+
+class Listener:
+    """The pool's listening socket, its private directory and its key."""
+
+    def __init__(self) -> None:
+        self.key = os.urandom(wire.KEY_SIZE)
+        base = tempfile.gettempdir()
+        if len(base) > 60:  # keep the socket path under the ~104 byte limit
+            base = "/tmp"
+        _sweep_stale_socket_dirs(base)
+        self.directory = tempfile.mkdtemp(prefix=_SOCKET_DIR_PREFIX, dir=base)
+        os.chmod(self.directory, 0o700)
+        self.path = os.path.join(self.directory, "s")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.bind(self.path)
+            self.sock.listen(128)
+        except BaseException:
+            self.close()
+            raise
+        self.sock.setblocking(False)
+
+    def accept(self) -> socket.socket | None:
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return None
+        conn.setblocking(True)
+        return conn
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def challenge(sock: socket.socket) -> bytes:
+    nonce = wire.new_nonce()
+    wire.send_frame(sock, wire.CHALLENGE, nonce)
+    return nonce
+
+
+def accept_auth(key: bytes, nonce: bytes, payload: bytes) -> tuple[bytes, int, dict]:
+    """Check a worker's AUTH frame; (worker nonce, worker id, info) or ValueError."""
+    try:
+        answer, worker_nonce, worker_id, info = pickle.loads(payload)
+    except Exception:
+        raise ValueError("malformed AUTH frame")
+    if not wire.verify(key, nonce, answer):
+        raise ValueError("worker failed authentication")
+    return worker_nonce, worker_id, info
+
+
+def welcome(sock: socket.socket, key: bytes, worker_nonce: bytes, config: dict) -> None:
+    payload = wire.digest(key, worker_nonce) + pickle.dumps(config, 4)
+    wire.send_frame(sock, wire.WELCOME, payload)
+
+
+# -- encoding tasks -----------------------------------------------------------
+
+
+def _system_dirs() -> tuple[str, ...]:
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    for name in ("stdlib", "platstdlib", "purelib", "platlib"):
+        try:
+            dirs.add(sysconfig.get_paths()[name])
+        except KeyError:
+            pass
+    try:
+        dirs.update(site.getsitepackages())
+        dirs.add(site.getusersitepackages())
+    except AttributeError:
+        pass
+    return tuple(os.path.join(os.path.realpath(d), "") for d in dirs if d)
+
+
+_SYSTEM_DIRS = _system_dirs()
+_roots_by_module: dict[str, str | None] = {}
+
+
+def module_root(name: str) -> str | None:
+    """The sys.path entry the caller's own module `name` was imported from."""
+    if name in _roots_by_module:
+        return _roots_by_module[name]
+    root = None
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None)
+    if path and name != "__main__":
+        path = os.path.realpath(path)
+        if not path.startswith(_SYSTEM_DIRS):
+            depth = name.count(".") + 1
+            if os.path.basename(path).startswith("__init__."):
+                depth += 1
+            root = path
+            for _ in range(depth):
+                root = os.path.dirname(root)
+    _roots_by_module[name] = root
+    return root
+
+
+def _describe(obj: Any) -> str:
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    module = getattr(obj, "__module__", None)
+    if name is None:
+        return f"{type(obj).__name__} object {obj!r:.60}"
+    if name == "<lambda>":
+        return f"the lambda defined in module {module!r}"
+    if "<locals>" in name:
+        return f"the nested function {module}.{name}"
+    kind = "class" if isinstance(obj, type) else "function"
+    return f"the {kind} {module}.{name}"
+
+
+class _ByValueError(Exception):
+    pass
+
+
+class _EnvPickler(cloudpickle.Pickler):
+    """cloudpickle for a foreign environment: notes roots, guards bytecode."""
+
+    def __init__(self, file, target_xy: tuple[int, int]) -> None:
+        super().__init__(file, protocol=PICKLE_PROTOCOL)
+        self.target_xy = target_xy
+        self.roots: set[str] = set()
+
+    def reducer_override(self, obj):
+        t = type(obj)
+        if t is types.FunctionType or issubclass(t, type):
+            if cloudpickle.cloudpickle._should_pickle_by_reference(obj):
+                root = module_root(getattr(obj, "__module__", None) or "")
+                if root is not None:
+                    self.roots.add(root)
+            elif self.target_xy != CALLER_XY:
+                raise _ByValueError(_by_value_message(obj, self.target_xy))
+        elif t is types.CodeType and self.target_xy != CALLER_XY:
+            raise _ByValueError(_by_value_message(obj, self.target_xy))
+        return super().reducer_override(obj)
+
+
+def _by_value_message(obj: Any, target_xy: tuple[int, int]) -> str:
+    caller = "{}.{}".format(*CALLER_XY)
+    target = "{}.{}".format(*target_xy)
+    return (
+        f"cannot send {_describe(obj)} to a Python {target} environment: it is not "
+        f"importable by name, so it would travel as bytecode, which only works between "
+        f"identical Python versions (the caller runs Python {caller}). Define it at the "
+        f"top level of a module file (e.g. tasks.py) and import it from there; bayou "
+        f"then sends it by reference and the worker imports that file."
+    )
+
+
+class TaskEncoder:
+    """Pickles functions and arguments for workers of one environment."""
+
+    def __init__(self, target_xy: tuple[int, int], *, foreign: bool) -> None:
+        self.target_xy = tuple(target_xy)
+        self.foreign = foreign
+
+    def dumps(self, obj: Any) -> tuple[bytes, frozenset[str]]:
+        """(pickle, module roots); `_ByValueError` or the pickling error on failure."""
+        if not self.foreign:
+            return cloudpickle.dumps(obj, protocol=PICKLE_PROTOCOL), frozenset()
+        buf = io.BytesIO()
+        pickler = _EnvPickler(buf, self.target_xy)
+        pickler.dump(obj)
+        return buf.getvalue(), frozenset(pickler.roots)
+
+    def function(self, fn: Callable) -> tuple[tuple, frozenset[str]]:
+        try:
+            blob, roots = self.dumps(fn)
+        except _ByValueError as exc:
+            raise errors.PicklingError(str(exc)) from None
+        except Exception as exc:
+            raise errors.PicklingError(
+                f"cannot pickle the function {_describe(fn)}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return (wire.FN_PICKLED, blob), roots
+
+    def call_args(self, fn: Callable, args: tuple, kwargs: dict) -> tuple[bytes, frozenset]:
+        try:
+            return self.dumps((args, kwargs))
+        except Exception as exc:
+            raise self._args_error(fn, exc, list(enumerate(args)), kwargs) from _cause(exc)
+
+    def chunk_args(self, fn: Callable, chunk: list) -> tuple[bytes, frozenset]:
+        try:
+            return self.dumps(chunk)
+        except Exception as exc:
+            items = [(i, a) for i, args in enumerate(chunk) for a in args]
+            raise self._args_error(fn, exc, items, {}) from _cause(exc)
+
+    def _args_error(self, fn, exc, positional: Iterable, kwargs: dict) -> errors.PicklingError:
+        if isinstance(exc, _ByValueError):
+            reason = str(exc)
+        else:
+            reason = f"{type(exc).__name__}: {exc}"
+        culprit = "an argument"
+        candidates = [(f"argument {i}", a) for i, a in positional]
+        candidates += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+        for label, value in candidates:
+            try:
+                self.dumps(value)
+            except Exception:
+                culprit = f"{label} ({type(value).__module__}.{type(value).__qualname__})"
+                break
+        return errors.PicklingError(
+            f"cannot pickle {culprit} of the call to {_describe(fn)}: {reason}"
+        )
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    return None if isinstance(exc, _ByValueError) else exc
+
+
+def encode_task(
+    task_id: int, call_kind: int, fn_record: tuple, args_blob: bytes, roots: Iterable[str]
+) -> bytes:
+    return pickle.dumps(
+        (task_id, call_kind, fn_record, args_blob, tuple(sorted(roots))), PICKLE_PROTOCOL
+    )
+
+
+# -- decoding results ---------------------------------------------------------
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith(_VENDOR_PREFIX):
+            module = module[len(_VENDOR_PREFIX) :]
+        return super().find_class(module, name)
+
+
+def loads(data: bytes) -> Any:
+    if _VENDOR_PREFIX.encode() not in data:
+        return pickle.loads(data)
+    return _Unpickler(io.BytesIO(data)).load()
+
+
+def _rebuild_traceback(tb_dict: dict | None) -> types.TracebackType | None:
+    if not tb_dict:
+        return None
+    try:
+        from tblib import Traceback
+
+        return Traceback.from_dict(tb_dict).as_traceback()
+    except Exception:
+        return None
+
+
+def rebuild_exception(record: dict) -> BaseException:
+    """The remote exception as a local object, the remote traceback as its cause."""
+    exc: BaseException | None = None
+    if record.get("exc") is not None:
+        try:
+            exc = loads(record["exc"])
+        except BaseException:
+            exc = None
+        if not isinstance(exc, BaseException):
+            exc = None
+    if exc is None:
+        exc = errors.RemoteError(record["type"], record["message"], record["traceback"])
+    tb = _rebuild_traceback(record.get("tb"))
+    if tb is not None:
+        exc = exc.with_traceback(tb)
+    exc.__cause__ = _RemoteTraceback(f'\n"""\n{record["traceback"]}"""')
+    return exc

@@ -1,0 +1,167 @@
+"""Turning task payloads into Python objects and results back into bytes, in the worker.
+
+User objects are (un)pickled with the caller's cloudpickle, vendored here as
+``_bayou_vendor_cloudpickle``. Pickles made by the caller name cloudpickle's
+helpers as ``cloudpickle.*``; `_Unpickler.find_class` maps those to the
+private copy, so the environment's own ``cloudpickle`` (any version, or none)
+is never imported by the transport. The caller maps the private name back.
+
+Functions arrive either as a cloudpickle blob (same Python X.Y only) or as a
+reference (module, qualname, file) that is imported here; `roots` are
+directories of the caller's own modules, appended to `sys.path` so the
+environment's packages keep precedence.
+
+Exceptions become an *error record*: type name, message, formatted traceback,
+the traceback as a tblib dict (rebuilt into real frames by the caller) and
+the pickled exception when it can be pickled.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import io
+import os
+import pickle
+import sys
+import traceback
+
+from . import wire
+
+PROTOCOL = min(5, pickle.HIGHEST_PROTOCOL)
+_VENDOR_CP = "_bayou_vendor_cloudpickle"
+_cloudpickle = None
+_fn_cache = {}
+_added_roots = set()
+
+
+def cloudpickle():
+    global _cloudpickle
+    if _cloudpickle is None:
+        _cloudpickle = importlib.import_module(_VENDOR_CP)
+    return _cloudpickle
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if module == "cloudpickle" or module.startswith("cloudpickle."):
+            module = _VENDOR_CP + module[len("cloudpickle") :]
+        return super().find_class(module, name)
+
+
+def loads(data):
+    if b"cloudpickle" not in data:
+        return pickle.loads(data)
+    return _Unpickler(io.BytesIO(data)).load()
+
+
+def dumps(obj) -> bytes:
+    return cloudpickle().dumps(obj, protocol=PROTOCOL)
+
+
+def add_roots(roots) -> None:
+    for root in roots:
+        if root not in _added_roots:
+            _added_roots.add(root)
+            if root not in sys.path:
+                sys.path.append(root)
+
+
+def resolve(record):
+    """The callable a TASK's function record stands for."""
+    if record[0] == wire.FN_PICKLED:
+        blob = record[1]
+        fn = _fn_cache.get(blob)
+        if fn is None:
+            fn = loads(blob)
+            if len(_fn_cache) >= 16:
+                _fn_cache.clear()
+            _fn_cache[blob] = fn
+        return fn
+    _, module_name, qualname, path = record
+    module = _import(module_name, path)
+    obj = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _import(name, path):
+    if path is None:
+        return importlib.import_module(name)
+    module = sys.modules.get(name)
+    if module is not None and _same_file(getattr(module, "__file__", None), path):
+        return module
+    # An explicit file: load that file, whatever the env has under its name.
+    add_roots([os.path.dirname(path)])
+    if module is not None:
+        name = "_bayou_file_%x_%s" % (abs(hash(path)), name)
+        if name in sys.modules:
+            return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError("cannot load a module from %r" % (path,))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _same_file(a, b):
+    try:
+        return a is not None and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def type_name(tp) -> str:
+    module = getattr(tp, "__module__", None)
+    qualname = getattr(tp, "__qualname__", getattr(tp, "__name__", repr(tp)))
+    if module in (None, "builtins"):
+        return qualname
+    return "%s.%s" % (module, qualname)
+
+
+def _safe_str(exc) -> str:
+    try:
+        return str(exc)
+    except BaseException:
+        return "<str() failed>"
+
+
+def _tb_dict(tb):
+    if tb is None:
+        return None
+    try:
+        tblib = importlib.import_module("_bayou_vendor_tblib")
+        return tblib.Traceback(tb).as_dict()
+    except BaseException:
+        return None
+
+
+def error_record(exc, skip=0, note=None) -> dict:
+    """Describe `exc` for the caller, dropping `skip` frames of ours."""
+    tb = exc.__traceback__
+    for _ in range(skip):
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+    except BaseException:
+        text = "%s: %s\n" % (type_name(type(exc)), _safe_str(exc))
+    try:
+        blob = dumps(exc)
+    except BaseException:
+        blob = None
+    return {
+        "type": type_name(type(exc)),
+        "message": _safe_str(exc),
+        "traceback": text,
+        "tb": _tb_dict(tb),
+        "exc": blob,
+        "note": note,
+    }
