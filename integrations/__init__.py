@@ -1,0 +1,1 @@
+"""bayou run against real peers (CPython's concurrent.futures tests, joblib, Dask)."""

@@ -1,0 +1,1 @@
+"""CPython's own ProcessPoolExecutor tests, run against bayou's executor (see README.md)."""
