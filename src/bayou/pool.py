@@ -622,7 +622,7 @@ class Pool:
             try:
                 value = protocol.loads(data)
             except BaseException as exc:
-                err = protocol.UnpicklingError(
+                err = errors.UnpicklingError(
                     f"the result of {item.label} could not be unpickled in the caller: "
                     f"{type(exc).__name__}: {exc}"
                 )
@@ -637,7 +637,7 @@ class Pool:
             return
         env = self.environment
         if status == wire.LOAD_FAILED:
-            err = protocol.UnpicklingError(
+            err = errors.UnpicklingError(
                 f"{item.label} could not be loaded in the worker (env {env.hash}, Python "
                 f"{env.python_version}): {data['type']}: {data['message']}"
             )
