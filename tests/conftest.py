@@ -43,12 +43,17 @@ def store(store_root):
     return bayou.Store(store_root)
 
 
+CALLER_XY = f"{sys.version_info.major}.{sys.version_info.minor}"
+CONDA_PYTHONS = tuple(dict.fromkeys((CALLER_XY, "3.9")))
+
+
 @pytest.fixture(scope="session")
 def conda_channel() -> str:
-    """URL of the local conda channel (python 3.11 + demo packages)."""
+    """URL of the local conda channel: python (the caller's X.Y and 3.9),
+    bayou-demo-lib 1.0 and 2.0, bayou-demo-tool (activation scripts)."""
     from tests.support.conda_channel import build_channel
 
-    return build_channel(("3.11",)).as_uri()
+    return build_channel(CONDA_PYTHONS).as_uri()
 
 
 def require_interpreter(version: str):
