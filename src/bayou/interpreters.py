@@ -121,6 +121,14 @@ def discover() -> list[Interpreter]:
 
 
 def find(version: str) -> Interpreter | None:
-    """The best interpreter for `version` ('3.12' or '3.12.1'), or None."""
+    """The best interpreter for `version` ('3.12' or '3.12.1'), or None.
+
+    The caller's own interpreter wins when it matches: it is known to work and
+    needs no search."""
+    probed = _probe(sys.executable)
+    if probed is not None:
+        own = Interpreter(Path(os.path.realpath(probed[0])), probed[1])
+        if own.matches(version):
+            return own
     matches = [i for i in discover() if i.matches(version)]
     return matches[0] if matches else None

@@ -109,9 +109,11 @@ def _build(env: Env, store: Store, report: ProgressCallback, deadline: Deadline)
             python = python_in_prefix(build_dir)
             if python is None:
                 raise ProvisionError("the solved conda environment has no python")
+            # The solved python package says which version it is: no need to run it.
+            version = next(r["version"] for r in conda_records if r["name"] == "python")
         else:
             emit("venv", msg=f"python {env.python}")
-            python = uv_step.create_venv(env, build_dir, store.uv_cache, deadline)
+            python, version = uv_step.create_venv(env, build_dir, store.uv_cache, deadline)
         pip_packages: list[dict[str, str]] = []
         if env.pip:
             emit("pip", 0, len(env.pip), "installing with uv")
@@ -122,7 +124,6 @@ def _build(env: Env, store: Store, report: ProgressCallback, deadline: Deadline)
         deadline.check("publishing")
         emit("publish")
         _replace_build_path(build_dir, final)
-        version = _python_version(python)
         if env.is_conda:
             act = activation.conda_activation(build_dir, final, env.name or env.hash)
         else:

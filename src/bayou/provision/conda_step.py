@@ -16,6 +16,7 @@ from typing import Any
 from ..env import Env, conda_platform
 from ..errors import ProvisionError
 from ..store import Store
+from . import rattler_child
 from .tools import Deadline, run_tool
 
 
@@ -49,7 +50,9 @@ def solve_and_install(
         except ValueError:
             pass
 
-    argv = [sys.executable, "-m", "bayou.provision.rattler_child", str(request_path)]
+    # Run the child as a script: it needs only the stdlib and rattler, and
+    # importing the bayou package there would only cost start-up time.
+    argv = [sys.executable, str(Path(rattler_child.__file__)), str(request_path)]
     result = run_tool(
         argv, deadline=deadline, what="solving and installing conda packages", on_line=on_line
     )

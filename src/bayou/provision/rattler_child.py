@@ -2,8 +2,9 @@
 
 py-rattler is an in-process Rust library; it can crash at interpreter exit in
 a small fraction of processes, and an in-process solve cannot be interrupted
-cleanly. So the parent starts ``python -m bayou.provision.rattler_child
-REQUEST.json`` and talks to it through files and lines:
+cleanly. So the parent starts ``python .../rattler_child.py REQUEST.json`` (as
+a script: the child imports only the stdlib and rattler) and talks to it
+through files and lines:
 
     parent                                 child
     REQUEST.json (specs, channels, ...) ─▶ solve (virtual packages detected,

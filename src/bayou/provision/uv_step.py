@@ -47,7 +47,10 @@ def uv_environ(cache_dir: Path) -> dict[str, str]:
     return env
 
 
-def create_venv(env: Env, build_dir: Path, cache_dir: Path, deadline: Deadline) -> Path:
+def create_venv(
+    env: Env, build_dir: Path, cache_dir: Path, deadline: Deadline
+) -> tuple[Path, str]:
+    """(the venv's python, its full version) - the version is known from discovery."""
     wanted = env.python or ""
     interpreter = interpreters.find(wanted)
     if interpreter is None:
@@ -74,7 +77,7 @@ def create_venv(env: Env, build_dir: Path, cache_dir: Path, deadline: Deadline) 
             f"uv could not create a venv with {interpreter.path}: {_uv_message(result)}",
             output=result.output,
         )
-    return build_dir / "bin" / "python"
+    return build_dir / "bin" / "python", interpreter.version_text
 
 
 def install(
