@@ -179,3 +179,33 @@ def _processes_mentioning(text: str) -> list:
         except psutil.Error:
             pass
     return found
+
+
+def test_ctrl_c_kills_the_build_and_leaves_the_store_as_it_was(store_root, store):
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    index = f"--index-url http://127.0.0.1:{server.getsockname()[1]}/simple"
+    code = textwrap.dedent(
+        f"""
+        import bayou
+        try:
+            bayou.provision(bayou.Env(pip=["bayou-never-answered"], pip_options=[{index!r}]))
+        except KeyboardInterrupt:
+            print("interrupted")
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not _processes_mentioning(str(store_root)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until uv is running
+    assert _processes_mentioning(str(store_root)), "the build never started"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    server.close()
+    assert "interrupted" in out
+    time.sleep(0.2)
+    assert not _processes_mentioning(str(store_root))
+    assert store.list() == [] and list(store.builds_dir.iterdir()) == []
