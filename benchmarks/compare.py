@@ -1,0 +1,534 @@
+"""Executors side by side: ProcessPoolExecutor, bayou, bayou in an env, loky.
+
+One process measures every executor on the same workloads, on this machine,
+in this run, so the ratios compare like with like. The contenders:
+
+* ``PPE``        ``concurrent.futures.ProcessPoolExecutor(2, mp_context=spawn)``
+* ``bayou``      ``bayou.EnvExecutor(2)``: env=None, workers run the caller's interpreter
+* ``bayou-env``  ``bayou.EnvExecutor(2, env=bayou.Env(pip=["numpy"]))``: a uv venv of the
+                 caller's Python X.Y, provisioned before anything is timed (so every
+                 figure is for a cached env; the constructor still does the store
+                 lookup); functions travel by value with bayou's cloudpickle
+* ``loky``       ``loky.ProcessPoolExecutor(2)``, when loky is importable (else skipped)
+
+The workloads (functions in ``benchmarks/workloads.py``; 2 workers each):
+
+1. round trip: ``submit(noop).result()`` called sequentially on warm workers;
+   median and 90th percentile over all calls, in microseconds.
+2. throughput: ``list(map(tiny, range(10_000)))`` with the default chunksize
+   (1) and with ``chunksize=100``; tasks per second, median over repeats.
+3. numpy transfer: ``submit(identity, arr).result()`` for a 1 MB and a 100 MB
+   float64 array of random bytes (both directions); seconds, median over
+   repeats, after one untimed call per size (first-touch heap growth in the
+   workers is not what this measures). The first timed result of each size
+   is checked equal to the input.
+4. cold start: time from calling the constructor until both workers have
+   completed one task. Two tasks are submitted that each sleep 50 ms and
+   return ``(os.getpid(), time.monotonic())``; the figure is the later of the
+   two workers' first finishing stamps minus the clock read just before the
+   constructor (CLOCK_MONOTONIC is one clock for all processes on Linux). No
+   barrier, nothing subtracted: 50 ms is the floor. PPE may give the second
+   task to the first worker while the second still boots; then more rounds
+   of two tasks are submitted until the second worker reports, and its first
+   stamp counts. Shutdown is not timed. Each repeat is a fresh executor.
+5. idle memory: ``psutil.Process(pid).memory_full_info().uss`` of each worker
+   after warm-up (both workers ran tasks, before any numpy transfer), mean per
+   worker in MiB. Workers are identified by the pids the warm-up tasks return;
+   for bayou they are checked against the new children of this process
+   (psutil), as a user would find them. The same figure after the 100 MB
+   transfers is reported too ("after 100 MB"), to show retained buffers.
+
+Medians reduce noise; repeats are interleaved (round-robin over executors,
+the starting executor rotating each round) so drift on a busy machine hits
+every column alike. All warm executors stay alive through the run; idle
+workers cost no CPU. This module imports only the stdlib at top level: spawned
+PPE workers re-import the main module, and should not pay for numpy or bayou.
+
+The ratio columns are cost ratios, bayou over PPE: time over time, memory over
+memory, and for throughput PPE tasks/s over bayou tasks/s. Below 1.00 bayou is
+better (faster, or smaller), above 1.00 PPE is.
+
+    python benchmarks/compare.py            # full run, a couple of minutes
+    python benchmarks/compare.py --quick    # CI smoke, well under 90 s on 2 cores
+    python benchmarks/compare.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import workloads  # noqa: E402
+
+WORKERS = 2
+TIMEOUT = 300.0  # seconds for any single wait: a hang fails the run, it does not stall CI
+MIB = 2**20
+COLD_SLEEP = 0.05
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much of each workload a run does."""
+
+    latency_calls: int
+    latency_warmup: int
+    map_tasks: int
+    map_repeats: int
+    small_array_repeats: int
+    big_array_repeats: int
+    cold_repeats: int
+
+
+FULL = Settings(
+    latency_calls=2000,
+    latency_warmup=200,
+    map_tasks=10_000,
+    map_repeats=5,
+    small_array_repeats=30,
+    big_array_repeats=5,
+    cold_repeats=7,
+)
+QUICK = Settings(
+    latency_calls=300,
+    latency_warmup=50,
+    map_tasks=10_000,
+    map_repeats=1,
+    small_array_repeats=5,
+    big_array_repeats=1,
+    cold_repeats=2,
+)
+SMALL_BYTES = 1 * MIB
+BIG_BYTES = 100 * MIB
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    scale: float  # displayed value = stored value * scale
+    digits: int
+
+
+METRICS = [
+    Metric("latency_median", "round trip, median", "us", False, 1e6, 0),
+    Metric("latency_p90", "round trip, p90", "us", False, 1e6, 0),
+    Metric("map_chunk1", "map 10k tiny, chunksize=1", "tasks/s", True, 1.0, 0),
+    Metric("map_chunk100", "map 10k tiny, chunksize=100", "tasks/s", True, 1.0, 0),
+    Metric("array_1mb", "numpy 1 MB identity", "ms", False, 1e3, 2),
+    Metric("array_100mb", "numpy 100 MB identity", "s", False, 1.0, 3),
+    Metric("cold_start", "cold start, 2 workers", "ms", False, 1e3, 0),
+    Metric("uss_idle", "idle worker USS", "MiB/wkr", False, 1 / MIB, 1),
+    Metric("uss_after_big", "worker USS after 100 MB", "MiB/wkr", False, 1 / MIB, 1),
+]
+
+
+@dataclass
+class Contender:
+    """One executor under test: how to make it, and what was measured."""
+
+    name: str
+    make: Callable[[], Executor]
+    executor: Executor | None = None
+    pids: list[int] = field(default_factory=list)
+    results: dict[str, float | None] = field(default_factory=dict)
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+
+    def add(self, key: str, value: float) -> None:
+        self.samples.setdefault(key, []).append(value)
+
+
+class Run:
+    """The state of one comparison run: contenders, notes, settings."""
+
+    def __init__(self, settings: Settings, contenders: list[Contender]) -> None:
+        self.settings = settings
+        self.contenders = contenders
+        self.notes: list[str] = []
+
+    def live(self, key: str) -> list[Contender]:
+        return [c for c in self.contenders if key not in c.failed and "setup" not in c.failed]
+
+    def rounds(self, key: str, repeats: int) -> Iterator[list[Contender]]:
+        """Round-robin order for each repeat, starting one executor later each time."""
+        for r in range(repeats):
+            live = self.live(key)
+            if not live:
+                return
+            k = r % len(live)
+            yield live[k:] + live[:k]
+
+    def guarded(self, c: Contender, key: str, fn: Callable[[], None]) -> None:
+        """Run one measurement; a failure marks the cell, notes why, and moves on."""
+        try:
+            fn()
+        except Exception as exc:
+            c.failed.add(key)
+            self.notes.append(f"{c.name}: {key} failed: {type(exc).__name__}: {exc}")
+            traceback.print_exc(file=sys.stderr)
+
+
+# -- the measurements ---------------------------------------------------------------
+
+
+def cold_start(c: Contender) -> None:
+    """Constructor → every worker has finished one 50 ms task (a fresh executor).
+
+    Each task returns (pid, time.monotonic() at its end). The figure is, over
+    the workers, the latest of each worker's first finishing time, minus the
+    time just before the constructor. If the first round of tasks ran on fewer
+    workers than WORKERS (PPE hands a second task to a worker that is already
+    up while the next one still boots), more rounds are submitted until every
+    worker has reported; later rounds do not change the earlier stamps.
+    """
+    gc.collect()
+    t0 = time.monotonic()
+    ex = c.make()
+    first: dict[int, float] = {}
+    try:
+        for _ in range(20):
+            futures = [ex.submit(workloads.sleep_stamp, COLD_SLEEP) for _ in range(WORKERS)]
+            done, _ = wait(futures, timeout=TIMEOUT)
+            if len(done) != WORKERS:
+                raise TimeoutError(f"cold start: {len(done)} of {WORKERS} tasks done")
+            for f in futures:
+                pid, end = f.result(timeout=0)
+                first[pid] = min(end, first.get(pid, end))
+            if len(first) >= WORKERS:
+                break
+    finally:
+        ex.shutdown(wait=True)
+    if len(first) != WORKERS:
+        raise RuntimeError(f"cold start: tasks ran on {len(first)} worker(s), not {WORKERS}")
+    c.add("cold_start", max(first.values()) - t0)
+
+
+def warm_up(c: Contender, settings: Settings, run: Run) -> None:
+    """Start the long-lived executor, run a task on every worker, find the workers."""
+    import psutil
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children()}
+    ex = c.executor = c.make()
+    pids: set[int] = set()
+    for _ in range(10):  # both workers busy at once, so each runs a task
+        futures = [ex.submit(workloads.sleep_stamp, COLD_SLEEP) for _ in range(WORKERS)]
+        pids |= {f.result(timeout=TIMEOUT)[0] for f in futures}
+        if len(pids) == WORKERS:
+            break
+    for _ in range(settings.latency_warmup):
+        ex.submit(workloads.noop).result(timeout=TIMEOUT)
+    list(ex.map(workloads.tiny, range(1000), chunksize=10, timeout=TIMEOUT))
+    c.pids = sorted(pids)
+    if len(pids) != WORKERS:
+        run.notes.append(f"{c.name}: warm-up reached {len(pids)} worker(s), not {WORKERS}")
+    if c.name.startswith("bayou"):
+        children = {p.pid for p in me.children()} - before
+        if children != pids:
+            run.notes.append(
+                f"{c.name}: new children of the caller {sorted(children)} are not the "
+                f"workers that ran tasks {sorted(pids)}"
+            )
+
+
+def worker_uss(c: Contender, key: str) -> None:
+    import psutil
+
+    values = [psutil.Process(pid).memory_full_info().uss for pid in c.pids]
+    c.add(key, statistics.fmean(values))
+
+
+def latency(c: Contender, calls: int) -> None:
+    ex = c.executor
+    assert ex is not None
+    noop = workloads.noop
+    samples = c.samples.setdefault("latency", [])
+    clock = time.perf_counter
+    for _ in range(calls):
+        t0 = clock()
+        ex.submit(noop).result(timeout=TIMEOUT)
+        samples.append(clock() - t0)
+
+
+def throughput(c: Contender, key: str, tasks: int, chunksize: int) -> None:
+    ex = c.executor
+    assert ex is not None
+    gc.collect()
+    t0 = time.perf_counter()
+    out = list(ex.map(workloads.tiny, range(tasks), chunksize=chunksize, timeout=TIMEOUT))
+    elapsed = time.perf_counter() - t0
+    if len(out) != tasks or out[-1] != tasks:
+        raise RuntimeError(f"map returned {len(out)} results, last {out[-1:]}")
+    c.add(key, tasks / elapsed)
+
+
+def transfer(c: Contender, key: str, arr: Any, check: bool) -> None:
+    ex = c.executor
+    assert ex is not None
+    gc.collect()
+    t0 = time.perf_counter()
+    back = ex.submit(workloads.identity, arr).result(timeout=TIMEOUT)
+    elapsed = time.perf_counter() - t0
+    if check:
+        import numpy as np
+
+        if back.shape != arr.shape or not np.array_equal(back, arr):
+            raise RuntimeError("identity returned a different array")
+    del back
+    c.add(key, elapsed)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1]
+
+
+# -- the run --------------------------------------------------------------------------
+
+
+def contenders(run_notes: list[str]) -> tuple[list[Contender], dict[str, Any]]:
+    """The executors to compare; bayou-env is provisioned here, before any timing."""
+    import bayou
+
+    spawn = multiprocessing.get_context("spawn")
+    out = [
+        Contender("PPE", lambda: ProcessPoolExecutor(WORKERS, mp_context=spawn)),
+        Contender("bayou", lambda: bayou.EnvExecutor(WORKERS)),
+    ]
+    info: dict[str, Any] = {}
+    env = bayou.Env(pip=["numpy"])
+    t0 = time.perf_counter()
+    try:
+        environment = bayou.provision(env)
+    except Exception as exc:
+        run_notes.append(f"bayou-env skipped: provisioning {env} failed: {exc}")
+    else:
+        seconds = time.perf_counter() - t0
+        info = {
+            "provision_s": seconds,
+            "env_hash": environment.hash,
+            "env_python": environment.python_version,
+        }
+        run_notes.append(
+            f"bayou-env: env {environment.hash} (Python {environment.python_version}, "
+            f"numpy) provisioned or found in {seconds:.2f} s before timing"
+        )
+        out.append(Contender("bayou-env", lambda: bayou.EnvExecutor(WORKERS, env=env)))
+    try:
+        import loky
+    except ImportError:
+        run_notes.append("loky skipped: not importable (pip install loky)")
+    else:
+        info["loky_version"] = loky.__version__
+        out.append(Contender("loky", lambda: loky.ProcessPoolExecutor(WORKERS)))
+    return out, info
+
+
+def measure(run: Run) -> None:
+    import numpy as np
+
+    s = run.settings
+    say = _progress
+
+    say(f"cold start x{s.cold_repeats}")
+    for order in run.rounds("cold_start", s.cold_repeats):
+        for c in order:
+            run.guarded(c, "cold_start", lambda c=c: cold_start(c))
+
+    say("warm-up")
+    for c in run.contenders:
+        run.guarded(c, "setup", lambda c=c: warm_up(c, s, run))
+    time.sleep(0.2)
+    for c in run.live("uss_idle"):
+        run.guarded(c, "uss_idle", lambda c=c: worker_uss(c, "uss_idle"))
+
+    say(f"round trip x{s.latency_calls}")
+    blocks = 4
+    for order in run.rounds("latency", blocks):
+        for c in order:
+            run.guarded(c, "latency", lambda c=c: latency(c, s.latency_calls // blocks))
+
+    for key, chunksize in (("map_chunk1", 1), ("map_chunk100", 100)):
+        say(f"map chunksize={chunksize} x{s.map_repeats}")
+        for order in run.rounds(key, s.map_repeats):
+            for c in order:
+                run.guarded(
+                    c, key, lambda c=c, k=key, n=chunksize: throughput(c, k, s.map_tasks, n)
+                )
+
+    rng = np.random.default_rng(0)
+    for key, nbytes, repeats in (
+        ("array_1mb", SMALL_BYTES, s.small_array_repeats),
+        ("array_100mb", BIG_BYTES, s.big_array_repeats),
+    ):
+        say(f"{key} x{repeats}")
+        arr = rng.random(nbytes // 8)
+        for c in run.live(key):  # untimed: grow the workers' heaps once
+            run.guarded(c, key, lambda c=c, a=arr: transfer(c, "warm-up", a, False))
+        for r, order in enumerate(run.rounds(key, repeats)):
+            for c in order:
+                run.guarded(c, key, lambda c=c, k=key, a=arr, r=r: transfer(c, k, a, r == 0))
+        del arr
+
+    time.sleep(0.2)
+    for c in run.live("uss_after_big"):
+        run.guarded(c, "uss_after_big", lambda c=c: worker_uss(c, "uss_after_big"))
+
+    for c in run.contenders:
+        if c.executor is not None:
+            c.executor.shutdown(wait=True)
+            c.executor = None
+
+
+def summarise(run: Run) -> None:
+    """Medians (and the latency percentiles) into each contender's results."""
+    for c in run.contenders:
+        lat = c.samples.get("latency", [])
+        for m in METRICS:
+            if m.key in ("latency_median", "latency_p90"):
+                if len(lat) >= 2 and "latency" not in c.failed:
+                    q = 50 if m.key == "latency_median" else 90
+                    c.results[m.key] = percentile(lat, q)
+                else:
+                    c.results[m.key] = None
+            else:
+                values = c.samples.get(m.key)
+                ok = values and m.key not in c.failed and "setup" not in c.failed
+                c.results[m.key] = statistics.median(values) if ok else None
+
+
+def cost_ratio(m: Metric, ours: float | None, base: float | None) -> float | None:
+    """ours/base as a cost: below 1.0 means `ours` is better, whatever the metric."""
+    if ours is None or base is None or ours <= 0 or base <= 0:
+        return None
+    return base / ours if m.higher_is_better else ours / base
+
+
+def table(run: Run) -> str:
+    names = [c.name for c in run.contenders]
+    by_name = {c.name: c for c in run.contenders}
+    ratio_cols = [n for n in ("bayou", "bayou-env") if n in by_name and "PPE" in by_name]
+    head = ["workload", "unit", *names, *(f"{n}/PPE" for n in ratio_cols)]
+    rows = [head]
+    for m in METRICS:
+        row = [m.label, m.unit]
+        for c in run.contenders:
+            v = c.results.get(m.key)
+            row.append("failed" if v is None else f"{v * m.scale:,.{m.digits}f}")
+        for n in ratio_cols:
+            r = cost_ratio(m, by_name[n].results.get(m.key), by_name["PPE"].results.get(m.key))
+            row.append("-" if r is None else f"{r:.2f}")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = []
+    for i, row in enumerate(rows):
+        cells = [
+            cell.ljust(widths[j]) if j < 2 else cell.rjust(widths[j]) for j, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def report(run: Run, info: dict[str, Any], runtime: float, quick: bool) -> dict[str, Any]:
+    by_name = {c.name: c for c in run.contenders}
+    metrics = {}
+    for m in METRICS:
+        entry: dict[str, Any] = {
+            "label": m.label,
+            "unit": m.unit,
+            "scale_to_unit": m.scale,
+            "higher_is_better": m.higher_is_better,
+            "values": {c.name: c.results.get(m.key) for c in run.contenders},
+        }
+        if "PPE" in by_name:
+            entry["cost_ratio_vs_PPE"] = {
+                c.name: cost_ratio(m, c.results.get(m.key), by_name["PPE"].results.get(m.key))
+                for c in run.contenders
+                if c.name != "PPE"
+            }
+        metrics[m.key] = entry
+    return {
+        "mode": "quick" if quick else "full",
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "workers": WORKERS,
+        "settings": asdict(run.settings),
+        "runtime_s": runtime,
+        "values_in": "SI base units (seconds, bytes, tasks/s); scale_to_unit converts",
+        "cost_ratio": "bayou cost / PPE cost (throughput inverted); < 1 means bayou is better",
+        "contenders": [c.name for c in run.contenders],
+        "worker_pids": {c.name: c.pids for c in run.contenders},
+        "info": info,
+        "metrics": metrics,
+        "samples": {
+            c.name: {k: v for k, v in c.samples.items() if k != "latency"} for c in run.contenders
+        },
+        "notes": run.notes,
+    }
+
+
+def _progress(text: str) -> None:
+    print(f"  .. {text}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (CI smoke)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    settings = QUICK if args.quick else FULL
+    notes: list[str] = []
+    cs, info = contenders(notes)
+    run = Run(settings, cs)
+    run.notes.extend(notes)
+    measure(run)
+    summarise(run)
+    runtime = time.perf_counter() - started
+
+    mode = "quick" if args.quick else "full"
+    print(
+        f"\nExecutors side by side, {WORKERS} workers ({mode} run; Python "
+        f"{sys.version.split()[0]}, {platform.system()} {platform.machine()}, "
+        f"{os.cpu_count()} CPUs; medians)\n"
+    )
+    print(table(run))
+    print(
+        "\nratio columns = bayou cost / PPE cost: time/time, memory/memory, and for "
+        "throughput\nPPE tasks/s / bayou tasks/s. Below 1.00 bayou is better, above 1.00 "
+        "PPE is.\ncold start includes the 50 ms task (floor 50 ms); USS = unique memory "
+        "per worker."
+    )
+    for note in run.notes:
+        print(f"note: {note}")
+    print(f"\nruntime {runtime:.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report(run, info, runtime, args.quick), indent=1))
+    failed = any(c.failed for c in run.contenders if c.name.startswith("bayou"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
