@@ -1,0 +1,29 @@
+"""The benchmark scripts keep running (figures are read by people, not asserted)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script, marker", [("compare.py", "bayou/PPE"), ("provisioning.py", "ratio = bayou / plain")]
+)
+def test_benchmark_script_runs_quick(script, marker, store_root):
+    env = {**os.environ, "BAYOU_HOME": str(store_root)}
+    out = subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert marker in out.stdout
