@@ -28,7 +28,11 @@ def test_every_example_is_checked():
 def test_example_runs(name, store_root):
     env = {**os.environ, "BAYOU_HOME": str(store_root)}
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     for line in EXPECTED[name]:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import gc
+import io
 import logging
 import os
 import pickle
 import stat
+import sys
 import threading
+import time
+import weakref
 
 import psutil
 import pytest
@@ -192,9 +197,49 @@ def test_failing_initializer_breaks_the_pool(caplog):
     assert any("error in initializer" in str(r.exc_info) for r in caplog.records if r.exc_info)
 
 
-def test_stdout_stderr_forwarded_to_logging_and_log_file(tmp_path, caplog):
+def test_stdout_stderr_inherited_by_default_and_kept_in_log_file(tmp_path, capsys, caplog):
     caplog.set_level(logging.INFO, logger="bayou.worker")
     with EnvExecutor(1, log_dir=tmp_path) as ex:
+        assert ex.submit(basic.print_lines, 3).result(T) == 3
+        assert ex.submit(basic.write_raw, "no newline yet \u00e9", "err").result(T)
+        assert ex.submit(basic.add, 1, 1).result(T) == 2  # output is read before shutdown
+    captured = capsys.readouterr()
+    assert captured.out == "".join(f"out line {i}\n" for i in range(3))
+    # unchanged: no newline added, non-ASCII intact, arrives before the worker exits
+    assert captured.err == "".join(f"err line {i}\n" for i in range(3)) + "no newline yet \u00e9"
+    assert not [r for r in caplog.records if r.name.startswith("bayou.worker.")]
+    (log,) = tmp_path.glob("worker-current-0-*.log")
+    text = log.read_text()
+    assert "out | out line 0" in text and "err | err line 2" in text
+    assert "err | no newline yet \u00e9" in text
+
+
+def test_output_inherit_follows_the_current_sys_stdout(monkeypatch):
+    with EnvExecutor(1) as ex:
+        ex.submit(basic.add, 1, 1).result(T)
+        for attempt in range(2):
+            out, err = io.StringIO(), io.StringIO()
+            monkeypatch.setattr(sys, "stdout", out)
+            monkeypatch.setattr(sys, "stderr", err)
+            ex.submit(basic.print_lines, 1).result(T)
+            deadline = time.monotonic() + T
+            while time.monotonic() < deadline and not (
+                out.getvalue().endswith("\n") and err.getvalue().endswith("\n")
+            ):
+                time.sleep(0.01)
+            monkeypatch.undo()
+            assert out.getvalue() == "out line 0\n", attempt
+            assert err.getvalue() == "err line 0\n", attempt
+
+
+def test_output_mode_is_validated():
+    with pytest.raises(ValueError, match="output must be one of"):
+        EnvExecutor(1, output="print")
+
+
+def test_output_logging_sends_lines_to_loggers_and_log_file(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="bayou.worker")
+    with EnvExecutor(1, log_dir=tmp_path, output="logging") as ex:
         assert ex.submit(basic.print_lines, 3).result(T) == 3
         assert ex.submit(basic.add, 1, 1).result(T) == 2  # output is read before shutdown
     records = [r for r in caplog.records if r.name.startswith("bayou.worker.current.")]
@@ -205,6 +250,9 @@ def test_stdout_stderr_forwarded_to_logging_and_log_file(tmp_path, caplog):
     assert len(logs) == 1
     text = logs[0].read_text()
     assert "out | out line 0" in text and "err | err line 2" in text
+    assert "line" not in capsys.readouterr().out + capsys.readouterr().err
+    (record,) = [r for r in records if r.getMessage() == "out line 1"]
+    assert record.stream == "out" and record.worker_pid > 0
 
 
 def test_import_module_and_execute(ex, tmp_path):
@@ -232,8 +280,10 @@ def test_progress_and_callbacks(ex):
 
 
 def test_cooperative_cancel(ex):
+    # a ready worker: the task goes straight to it, so running() means running there
+    # (a task handed over ahead of its worker is "running" too, and cancel drops it)
+    pid = ex.submit(basic.getpid).result(T)
     fut = ex.submit(basic.wait_for_cancel, 30)
-    pid = next(iter(ex._processes))
     while not fut.running():
         pass
     assert cancel(fut, grace=10)
@@ -244,11 +294,12 @@ def test_cooperative_cancel(ex):
 
 def test_hard_cancel_kills_after_grace():
     with EnvExecutor(1) as ex:
+        pid = ex.submit(basic.getpid).result(T)  # ready: fut goes straight to it
         fut = ex.submit(basic.sleep_then, 60)
         queued = ex.submit(basic.sleep_then, 60)
         while not fut.running():
             pass
-        (pid,) = ex._processes
+        assert ex._pool._workers[0].item.future is fut
         assert cancel(queued) and queued.cancelled()
         assert cancel(fut, grace=0.2)
         with pytest.raises(cf.CancelledError):
@@ -273,3 +324,27 @@ def test_key_never_in_argv_or_environ_and_socket_dir_private():
                 assert key not in data and key.hex().encode() not in data
                 assert pickle.dumps(key) not in data
     assert not os.path.exists(directory)
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_map_keeps_no_reference_to_results_it_yielded(ex, chunksize):
+    for obj in ex.map(basic.make_dummy, range(7), chunksize=chunksize):
+        ref = weakref.ref(obj)
+        del obj
+        gc.collect()
+        assert ref() is None
+
+
+def test_worker_has_the_callers_multiprocessing_authkey(ex):
+    import multiprocessing
+
+    assert ex.submit(basic.authkey).result(T) == bytes(multiprocessing.current_process().authkey)
+
+
+def test_worker_drops_arguments_before_answering(ex, tmp_path):
+    marker = tmp_path / "gone"
+    assert ex.submit(basic.touched, basic.TouchOnDelete(str(marker))).result(T) is False
+    assert marker.exists()  # the worker's copy was collected before the RESULT was sent
+    failed = ex.submit(basic.fail_holding, basic.TouchOnDelete(str(tmp_path / "b")))
+    assert isinstance(failed.exception(T), RuntimeError)
+    assert (tmp_path / "b").exists()  # nor does a traceback keep it alive there

@@ -176,11 +176,18 @@ def _spawn_sleeper():
     return subprocess.Popen(["sleep", "60"]).pid
 
 
+def _wait_on_worker(ex: EnvExecutor, fut) -> None:
+    """Until `fut`'s task runs on a worker (`running()` is True from hand-over on)."""
+    deadline = time.monotonic() + T
+    while not any(w.item is not None and w.item.future is fut for w in list(ex._pool._workers)):
+        assert time.monotonic() < deadline, "the task never reached a worker"
+        time.sleep(0.01)
+
+
 def test_sigterm_to_a_worker_is_a_crash():
     with EnvExecutor(1) as ex:
         fut = ex.submit(basic.sleep_then, 30)
-        while not fut.running():
-            time.sleep(0.01)
+        _wait_on_worker(ex, fut)
         time.sleep(0.2)
         next(iter(ex._processes.values())).terminate()
         with pytest.raises(errors.WorkerCrashedError, match="SIGTERM"):
@@ -206,3 +213,104 @@ def test_workers_that_cannot_start_break_the_pool(tmp_path):
             ex.submit(basic.add, 1, 2).result(T)
         with pytest.raises(BrokenProcessPool):
             ex.submit(basic.add, 1, 2)
+
+
+# _check_timers: the loop itself; _complete: while settling a result, when the
+# item is already off its worker and in no queue (only the pool's futures set has it)
+@pytest.mark.parametrize("method", ["_check_timers", "_complete"])
+def test_supervisor_crash_fails_every_future_with_the_cause_and_breaks_the_pool(
+    method, monkeypatch, caplog
+):
+    from concurrent.futures.process import BrokenProcessPool
+
+    ex = EnvExecutor(1)
+    try:
+        pid = ex.submit(basic.getpid).result(T)
+        running = ex.submit(basic.sleep_then, 0.3 if method == "_complete" else 60)
+        handed_over = ex.submit(basic.sleep_then, 60)
+        queued = [ex.submit(basic.sleep_then, 60) for _ in range(3)]
+        _wait_on_worker(ex, running)
+
+        def bug(*args: object) -> float:
+            raise AttributeError("'WorkerHandle' object has no attribute 'oops'")
+
+        monkeypatch.setattr(ex._pool, method, bug)
+        ex._pool._wake()
+        for fut in [running, handed_over, *queued]:
+            with pytest.raises(BrokenProcessPool, match="supervisor thread crashed") as info:
+                fut.result(T)
+            assert "AttributeError: 'WorkerHandle' object has no attribute 'oops'" in str(
+                info.value
+            )
+            assert isinstance(info.value.__cause__, AttributeError)
+        ex._pool.thread.join(T)
+        assert not ex._pool.thread.is_alive()
+        assert not _alive(pid)
+        assert ex._processes == {}
+        with pytest.raises(BrokenProcessPool, match="supervisor thread crashed"):
+            ex.submit(basic.add, 1, 2)
+        assert ex._broken
+    finally:
+        ex.shutdown()  # returns at once: nothing left to wait for
+    assert any("supervisor thread crashed" in r.getMessage() for r in caplog.records)
+
+
+def test_shutdown_cancel_futures_cancels_queued_and_lets_handed_over_tasks_finish():
+    ex = EnvExecutor(2)
+    ex.submit(basic.add, 0, 0).result(T)
+    fs = [ex.submit(basic.sleep_then, 0.2, i) for i in range(20)]
+    ex.shutdown(wait=True, cancel_futures=True)
+    done = [f for f in fs if not f.cancelled()]
+    # at most one task per worker waits handed over ahead of its worker
+    assert 1 <= len(done) <= 4
+    assert [f.result(0) for f in done] == [fs.index(f) for f in done]
+    assert all(f.cancelled() for f in fs[len(done) :])
+
+
+def test_shutdown_cancel_futures_asks_running_tasks_to_stop_and_kills_the_rest():
+    ex = EnvExecutor(2)
+    pids = {ex.submit(basic.getpid).result(T) for _ in range(4)}
+    cooperative = ex.submit(basic.wait_for_cancel, 60)
+    stubborn = ex.submit(basic.sleep_then, 60)
+    _wait_on_worker(ex, cooperative)
+    _wait_on_worker(ex, stubborn)
+    start = time.monotonic()
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert time.monotonic() - start < 10
+    assert cooperative.result(0) == "stopped"  # ended within the grace: its outcome stands
+    assert stubborn.cancelled()
+    assert not any(_alive(p) for p in pids)
+
+
+def test_exit_without_shutdown_prints_worker_output_and_nothing_on_stderr():
+    script = textwrap.dedent(
+        """
+        import atexit
+        from bayou.executor import EnvExecutor
+        from tests.executor_tasks import basic
+
+        @atexit.register
+        def late():
+            try:
+                ex.submit(basic.add, 1, 2)
+            except RuntimeError as exc:
+                print("late:", exc)
+
+        ex = EnvExecutor(2)
+        ex.submit(basic.sleep_then, 0.5)
+        ex.submit(basic.write_raw, "apple\\n")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=T,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert proc.returncode == 0
+    assert proc.stderr == ""
+    assert proc.stdout.splitlines() == [
+        "apple",
+        "late: cannot schedule new futures after interpreter shutdown",
+    ]

@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from . import errors, protocol
+from . import pool as pool_module
 from .environment import Environment, current_environment
-from .pool import Pool, WorkItem
+from .pool import OUTPUT_MODES, Pool, WorkItem
 from .worker import wire
 
 logger = logging.getLogger("bayou.executor")
@@ -109,7 +110,40 @@ def _resolve_environment(env: Any) -> Environment:
 
 
 class EnvExecutor(Executor):
-    """Run callables in worker processes of an environment, as ProcessPoolExecutor does."""
+    """Run callables in worker processes of an environment, as ProcessPoolExecutor does.
+
+    The positional arguments are ProcessPoolExecutor's. Keyword-only additions:
+
+    env
+        The environment the workers run in (an `Env` spec, provisioned on
+        first use, or an `Environment`); default: the caller's interpreter.
+    heartbeat_timeout, task_timeout, retries, max_memory_per_worker
+        Fault handling: see DESIGN.md and `bayou.errors`.
+    log_dir
+        Where each worker's output log file goes (default: a temporary
+        directory, removed at shutdown unless something went wrong).
+    output
+        What happens to what user code in a worker writes to its stdout and
+        stderr (fd 1 and 2; never mixed with bayou's own protocol):
+
+        * ``"inherit"`` (default): written unchanged, as it arrives, to the
+          caller's *current* ``sys.stdout`` / ``sys.stderr``, as a
+          ProcessPoolExecutor's workers would, and also, line by line, to the
+          worker's log file.
+        * ``"logging"``: not echoed; each line goes to the logger
+          ``bayou.worker.<env hash>.<slot>`` (stdout at INFO, stderr at
+          WARNING, with ``worker_pid`` and ``stream`` record attributes) and
+          to the worker's log file.
+
+        Either way the last stderr lines of a worker that dies are quoted in
+        its `WorkerCrashedError`.
+
+    `shutdown(cancel_futures=True)` cancels the tasks not yet handed to a
+    worker; at most one task per worker is handed over ahead of time (like
+    ProcessPoolExecutor's call queue). A handed-over task is asked to stop
+    (`bayou.cancel_requested()`) and, if still running a second later, is
+    killed and its future cancelled.
+    """
 
     def __init__(
         self,
@@ -125,6 +159,7 @@ class EnvExecutor(Executor):
         retries: int = 0,
         max_memory_per_worker: int | None = None,
         log_dir: str | os.PathLike | None = None,
+        output: str = "inherit",
     ) -> None:
         if max_workers is None:
             count = getattr(os, "process_cpu_count", os.cpu_count)()
@@ -146,6 +181,8 @@ class EnvExecutor(Executor):
                 raise ValueError(f"{name} must be > 0 or None")
         if retries < 0:
             raise ValueError("retries must be >= 0")
+        if output not in OUTPUT_MODES:
+            raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUT_MODES))}")
 
         self.environment = _resolve_environment(env)
         if self.environment.python_xy < (3, 8):
@@ -178,6 +215,7 @@ class EnvExecutor(Executor):
             retries=retries,
             max_memory_per_worker=max_memory_per_worker,
             log_dir=log_dir,
+            output=output,
         )
         self._finalizer = weakref.finalize(self, self._pool.shutdown, False, False)
 
@@ -217,6 +255,8 @@ class EnvExecutor(Executor):
         )
 
     def _submit_item(self, make: Callable[[], WorkItem]) -> BayouFuture:
+        if pool_module._global_shutdown:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         if self._pool.broken is not None:
             raise BrokenProcessPool(self._pool.broken)
         if self._pool._shutdown:
@@ -277,7 +317,13 @@ class EnvExecutor(Executor):
         return _results(fs, end_time, chunked=True)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop accepting work; with `cancel_futures`, drop queued tasks and kill running ones."""
+        """Stop accepting work; with `cancel_futures`, cancel queued tasks and stop running ones.
+
+        Tasks not yet handed to a worker are cancelled. Each handed-over task
+        (running, or next in line for its worker) sees `bayou.cancel_requested()`
+        turn True; if it ends within a second its outcome stands, otherwise
+        its worker is killed and its future ends cancelled.
+        """
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
     # -- calling into modules that live in the environment ---------------------------------
@@ -397,18 +443,31 @@ def _result_or_cancel(fut: Future, timeout: float | None = None) -> Any:
 
 
 def _results(fs: list[Future], end_time: float | None, *, chunked: bool) -> Iterator:
-    """Yield results in order, cancelling the rest if the consumer stops (CPython's logic)."""
+    """Yield results in order, cancelling the rest if the consumer stops (CPython's logic).
+
+    No local variable holds a result while the generator is suspended, and each
+    future is popped before it is waited on: the iterator keeps no reference to
+    a result it has already yielded (CPython's test_free_reference).
+    """
     try:
         fs.reverse()
         while fs:
             if end_time is None:
-                value = _result_or_cancel(fs.pop())
+                if chunked:
+                    yield from _pop_each(_result_or_cancel(fs.pop()))
+                else:
+                    yield _result_or_cancel(fs.pop())
+            elif chunked:
+                yield from _pop_each(_result_or_cancel(fs.pop(), end_time - time.monotonic()))
             else:
-                value = _result_or_cancel(fs.pop(), end_time - time.monotonic())
-            if chunked:
-                yield from value
-            else:
-                yield value
+                yield _result_or_cancel(fs.pop(), end_time - time.monotonic())
     finally:
         for fut in fs:
             fut.cancel()
+
+
+def _pop_each(values: list) -> Iterator:
+    """Yield a chunk's results in order, dropping each as it goes (`_chain_from_iterable_of_lists`)."""
+    values.reverse()
+    while values:
+        yield values.pop()

@@ -2,16 +2,23 @@
 
 Data flow, in the spirit of CPython's concurrent/futures/process.py::
 
-    EnvExecutor.submit ─▶ Pool.submit ─▶ pending deque ─▶ (idle worker?) send TASK
-                                                         (none?) spawn a worker
+    EnvExecutor.submit ─▶ Pool.submit ─▶ pending deque ─▶ ready deque ─▶ (idle worker?) send TASK
+                                          (future RUNNING, ≤ PREFETCH    (none?) spawn a worker
+                                           per worker ahead of time)
     supervisor thread, one selector loop over:
         wakeup pipe        submit/cancel/shutdown asking for attention
         listening socket   new worker connections: CHALLENGE ─▶ AUTH ─▶ WELCOME
         worker sockets     READY, RESULT, PROGRESS, HEARTBEAT frames
-        worker pipes       fd 1/2 of user code ─▶ logger bayou.worker.<env>.<slot> + log file
+        worker pipes       fd 1/2 of user code ─▶ log file, and the caller's sys.stdout/
+                           sys.stderr (output="inherit") or logger
+                           bayou.worker.<env>.<slot> (output="logging")
         pidfds             a worker died
-    and timers: heartbeat_timeout, task_timeout, bayou.cancel grace, memory cap,
-    start timeout, retiring workers that do not leave.
+    and timers: heartbeat_timeout, task_timeout, bayou.cancel and shutdown grace,
+    memory cap, start timeout, retiring workers that do not leave.
+
+Like ProcessPoolExecutor's call queue, only `max_workers * (1 + PREFETCH)`
+tasks are handed over (their futures RUNNING, beyond `Future.cancel()`) at a
+time; the rest stay pending, so `shutdown(cancel_futures=True)` cancels them.
 
 A task is sent to exactly one idle worker (one TASK frame) and answered by
 exactly one RESULT frame; the next task is sent before the finished future's
@@ -21,7 +28,10 @@ tail; `WorkerHungError`, `TaskTimeoutError`, `MemoryLimitError` when we killed
 it and why), or is put back at the head of the queue when `retries` allow.
 The worker is replaced on demand. An initializer that fails, or workers that
 repeatedly die before becoming ready, break the pool like ProcessPoolExecutor:
-pending futures fail with `BrokenProcessPool` and `submit` raises it.
+pending futures fail with `BrokenProcessPool` and `submit` raises it. So does
+an exception escaping the supervisor loop itself (a bug in bayou): every
+unsettled future fails with a `BrokenProcessPool` whose `__cause__` is that
+exception, and the workers are killed (`_crashed`).
 
 Workers are spawned only from the supervisor thread: on Linux they ask for
 PR_SET_PDEATHSIG, which fires when the *thread* that forked them ends, and the
@@ -31,10 +41,12 @@ process group; killing it kills the group, so user subprocesses go too.
 
 from __future__ import annotations
 
+import codecs
 import collections
 import functools
 import itertools
 import logging
+import multiprocessing
 import os
 import pickle
 import selectors
@@ -74,6 +86,9 @@ _RETIRE_TIMEOUT = 10.0
 _STDERR_TAIL = 20
 _MAX_START_FAILURES = 3
 _QUIET: tuple[type | None, str] = (None, "")  # a kill that fails no task by itself
+OUTPUT_MODES = ("inherit", "logging")
+PREFETCH = 1  # tasks per worker handed over ahead of time (CPython: EXTRA_QUEUED_CALLS)
+SHUTDOWN_GRACE = 1.0  # s a handed-over task may take to stop after shutdown(cancel_futures)
 
 
 def heartbeat_interval(timeout: float | None) -> float | None:
@@ -95,7 +110,8 @@ class WorkItem:
     task_id: int = 0
     attempts: int = 0
     started: bool = False
-    cancel_requested: bool = False
+    cancel_requested: bool = False  # bayou.cancel: the future ends cancelled either way
+    stop_requested: bool = False  # shutdown(cancel_futures=True): ends cancelled only if killed
     worker: WorkerHandle | None = None
     _payload: bytes | None = field(default=None, repr=False)
 
@@ -176,6 +192,9 @@ class WorkerHandle:
         self.psutil_process = None
         self.pidfd: int | None = None
         self.partial = {"out": b"", "err": b""}
+        self.decoders = {
+            tag: codecs.getincrementaldecoder("utf-8")("replace") for tag in ("out", "err")
+        }
         self.err_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
         self.log_path: Path | None = None
         self.log_file = None
@@ -213,10 +232,14 @@ class Pool:
         retries: int = 0,
         max_memory_per_worker: int | None = None,
         log_dir: str | os.PathLike | None = None,
+        output: str = "inherit",
         runtime_root: str | os.PathLike | None = None,
         start_timeout: float = 120.0,
     ) -> None:
+        if output not in OUTPUT_MODES:
+            raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUT_MODES))}")
         self.environment = environment
+        self.output = output
         self.max_workers = max_workers
         self.initializer = initializer
         self.initializer_roots = sorted(initializer_roots)
@@ -233,8 +256,11 @@ class Pool:
 
         self.processes: dict[int, WorkerProcess] = {}
         self.broken: str | None = None
+        self._broken_cause: BaseException | None = None
         self._lock = threading.Lock()
         self._pending: collections.deque[WorkItem] = collections.deque()
+        self._ready: collections.deque[WorkItem] = collections.deque()  # handed over
+        self._futures: weakref.WeakSet = weakref.WeakSet()  # for a supervisor crash
         self._workers: list[WorkerHandle] = []
         self._idle: list[WorkerHandle] = []
         self._task_ids = itertools.count(1)
@@ -255,6 +281,8 @@ class Pool:
     # -- called from user threads ---------------------------------------------
 
     def submit(self, item: WorkItem) -> None:
+        if _global_shutdown:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         self._ensure_started()
         with self._lock:
             if self.broken is not None:
@@ -262,8 +290,13 @@ class Pool:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             item.task_id = next(self._task_ids)
-            item.future._bayou_cancel = functools.partial(self.cancel, item)
+            # weak references: the future must not keep its item (and the pool's
+            # records) alive in a cycle once the task is settled
+            item.future._bayou_cancel = functools.partial(
+                _cancel_by_ref, weakref.ref(self), weakref.ref(item)
+            )
             self._pending.append(item)
+            self._futures.add(item.future)
             assignments = self._assign_locked()
             spawn = self._spawn_needed_locked()
         self._send_tasks(assignments)
@@ -278,9 +311,13 @@ class Pool:
                 return False
             worker = item.worker
             if worker is None:
-                try:
-                    self._pending.remove(item)
-                except ValueError:
+                for queue in (self._pending, self._ready):
+                    try:
+                        queue.remove(item)
+                        break
+                    except ValueError:
+                        continue
+                else:
                     return False
             else:
                 item.cancel_requested = True
@@ -300,16 +337,33 @@ class Pool:
         return True
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        """Stop taking work; finish what was submitted, or with `cancel_futures` cancel it.
+
+        With `cancel_futures`, tasks not yet handed to a worker are cancelled,
+        as ProcessPoolExecutor does. The few already handed over (running, or
+        waiting for their worker: see `_fill_ready_locked`) are asked to stop
+        (`bayou.cancel_requested()` turns True in them); one that ends within
+        `SHUTDOWN_GRACE` seconds of the request (or of its start, if later)
+        keeps its outcome, one still running then is killed and its future
+        ends cancelled.
+        """
         cancelled: list[WorkItem] = []
+        notify: list[tuple[WorkerHandle, int]] = []
         with self._lock:
             self._shutdown = True
             if cancel_futures:
                 cancelled = list(self._pending)
                 self._pending.clear()
+                deadline = time.monotonic() + SHUTDOWN_GRACE
+                for item in self._ready:
+                    item.stop_requested = True
                 for w in self._workers:
-                    if w.item is not None:
-                        w.item.cancel_requested = True
-                        w.cancel_deadline = 0.0
+                    item = w.item
+                    if item is not None and not item.stop_requested:
+                        item.stop_requested = True
+                        if w.cancel_deadline is None or deadline < w.cancel_deadline:
+                            w.cancel_deadline = deadline
+                        notify.append((w, item.task_id))
             thread = self.thread
         for item in cancelled:
             item.release()
@@ -318,6 +372,8 @@ class Pool:
             else:
                 item.future.cancel()
                 item.future.set_running_or_notify_cancel()
+        for w, task_id in notify:
+            w.send(wire.CANCEL, pickle.dumps(task_id, 4))
         if thread is None:
             return
         self._wake()
@@ -371,35 +427,62 @@ class Pool:
 
     # -- scheduling (under self._lock) -----------------------------------------
 
-    def _assign_locked(self) -> list[tuple[WorkerHandle, WorkItem]]:
-        out = []
-        now = time.monotonic()
-        while self._pending and self._idle:
+    def _fill_ready_locked(self) -> None:
+        """Hand queued tasks over (their futures turn RUNNING) while the window has room.
+
+        Like ProcessPoolExecutor's call queue (`EXTRA_QUEUED_CALLS`): at most
+        `max_workers * (1 + PREFETCH)` tasks are handed over at a time, running
+        or next in line, so that `shutdown(cancel_futures=True)` and
+        `Future.cancel()` still reach the rest. Handed-over tasks go to workers
+        first, in order.
+        """
+        room = self.max_workers * (1 + PREFETCH) - len(self._ready)
+        room -= sum(1 for w in self._workers if w.item is not None)
+        while room > 0 and self._pending:
             item = self._pending.popleft()
             if not item.started:
                 if not item.future.set_running_or_notify_cancel():
+                    item.release()
                     continue
                 item.started = True
+            self._ready.append(item)
+            room -= 1
+
+    def _assign_locked(self) -> list[tuple[WorkerHandle, WorkItem]]:
+        out = []
+        now = time.monotonic()
+        self._fill_ready_locked()
+        while self._ready and self._idle:
+            item = self._ready.popleft()
             w = self._idle.pop()
             w.state = BUSY
             w.item = item
             w.task_started = now
             w.cancel_deadline = None
+            if item.stop_requested:
+                w.cancel_deadline = now + SHUTDOWN_GRACE
             w.next_memory_check = now + 0.05
             item.worker = w
             out.append((w, item))
+        if out:
+            self._fill_ready_locked()
         return out
 
     def _spawn_needed_locked(self) -> bool:
-        if self.broken is not None or not self._pending:
+        if self.broken is not None:
+            return False
+        queued = len(self._ready) + len(self._pending)
+        if not queued:
             return False
         live = [w for w in self._workers if w.state != RETIRING]
         starting = sum(1 for w in live if w.state == STARTING)
-        return len(live) < self.max_workers and len(self._pending) > starting + len(self._idle)
+        return len(live) < self.max_workers and queued > starting + len(self._idle)
 
     def _send_tasks(self, assignments: list[tuple[WorkerHandle, WorkItem]]) -> None:
         for w, item in assignments:
             w.send(wire.TASK, item.payload())
+            if item.stop_requested or item.cancel_requested:
+                w.send(wire.CANCEL, pickle.dumps(item.task_id, 4))
             # A failed send means the worker died; the supervisor sees that and
             # fails or retries the item it recorded as running there.
 
@@ -415,14 +498,88 @@ class Pool:
                 timeout = self._check_timers()
                 if self._maybe_finish():
                     break
-        except BaseException:
-            logger.critical("bayou supervisor thread crashed", exc_info=True)
-            self._break("the pool's supervisor thread crashed (a bug in bayou)")
-            for w in list(self._workers):
-                self._kill(w, None)
-                self._on_exit(w)
+        except BaseException as exc:
+            self._crashed(exc)
         finally:
-            self._close()
+            try:
+                self._close()
+            except BaseException:
+                logger.exception("bayou supervisor: error while closing the pool")
+
+    def _crashed(self, exc: BaseException) -> None:
+        """The supervisor loop raised (a bug in bayou): break the pool, fail everything.
+
+        Written not to trust the supervisor's state: every step is best effort,
+        and nothing here goes through the selector or the workers' sockets.
+        """
+        message = (
+            f"the pool's supervisor thread crashed (a bug in bayou): {type(exc).__name__}: {exc}"
+        )
+        try:
+            logger.critical("bayou supervisor thread crashed", exc_info=exc)
+        except BaseException:
+            pass
+        with self._lock:
+            if self.broken is None:
+                self.broken = message
+                self._broken_cause = exc
+            items = [*self._ready, *self._pending]
+            self._ready.clear()
+            self._pending.clear()
+            workers = list(self._workers)
+            for w in workers:
+                if w.item is not None:
+                    items.append(w.item)
+                    w.item.worker = None
+                    w.item = None
+            self._idle.clear()
+            futures = list(self._futures)
+        self._keep_logs = True
+        for w in workers:
+            w.kill_reason = w.kill_reason or (BrokenProcessPool, message)
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(w.pid, signal.SIGKILL)
+                    break
+                except OSError:
+                    continue
+        for w in workers:
+            try:
+                w.popen.wait(timeout=5.0)
+            except BaseException:
+                pass
+            w.dead = True
+            w.process._reaped.set()
+            for closable in (w.sock, w.popen.stdout, w.popen.stderr, w.log_file):
+                try:
+                    if closable is not None:
+                        closable.close()
+                except BaseException:
+                    pass
+            if w.pidfd is not None:
+                try:
+                    os.close(w.pidfd)
+                except OSError:
+                    pass
+                w.pidfd = None
+        with self._lock:
+            self._workers.clear()
+            self.processes.clear()
+        for item in items:
+            item.release()
+        # Every future this pool made and nobody settled, wherever the crash left
+        # its item (the supervisor's records may be inconsistent by now).
+        for fut in futures:
+            try:
+                if fut.done() and not fut.cancelled():
+                    continue
+                if not fut.running() and not fut.set_running_or_notify_cancel():
+                    continue  # cancelled before it started
+                err = BrokenProcessPool(message)
+                err.__cause__ = exc
+                _set_exception(fut, err)
+            except BaseException:
+                pass
 
     def _run_calls(self) -> None:
         while self._calls:
@@ -530,6 +687,10 @@ class Pool:
             "heartbeat_interval": heartbeat_interval(self.heartbeat_timeout),
             "initializer": self.initializer,
             "roots": self.initializer_roots,
+            # multiprocessing objects made here (Manager proxies, Listeners)
+            # authenticate with this key: workers need it, as spawned children
+            # get it. Only ever sent in this authenticated message.
+            "authkey": bytes(multiprocessing.current_process().authkey),
         }
 
     def _on_socket(self, w: WorkerHandle) -> None:
@@ -736,8 +897,11 @@ class Pool:
         stream = w.popen.stdout if tag == "out" else w.popen.stderr
         if stream is None or stream.closed:
             return
+        if self.output == "inherit":
+            self._echo(tag, w.decoders[tag].decode(b"", final=True))
         if w.partial[tag]:
-            self._forward(w, tag, b"\n")
+            self._lines(w, tag, [w.partial[tag]])
+            w.partial[tag] = b""
         try:
             self._selector.unregister(stream)
         except (KeyError, ValueError):
@@ -745,20 +909,45 @@ class Pool:
         stream.close()
 
     def _forward(self, w: WorkerHandle, tag: str, data: bytes) -> None:
+        """Bytes from a worker's fd 1 or 2: echo them or log them, and keep them on file."""
+        if self.output == "inherit":
+            self._echo(tag, w.decoders[tag].decode(data))
         lines = (w.partial[tag] + data).split(b"\n")
         w.partial[tag] = lines.pop()
-        if not lines:
+        if lines:
+            self._lines(w, tag, lines)
+
+    @staticmethod
+    def _echo(tag: str, text: str) -> None:
+        """`output="inherit"`: write as is to the caller's current sys.stdout / sys.stderr."""
+        if not text:
             return
+        stream = sys.stdout if tag == "out" else sys.stderr
+        if stream is None:
+            return
+        try:
+            try:
+                stream.write(text)
+            except UnicodeEncodeError:
+                encoding = getattr(stream, "encoding", None) or "ascii"
+                stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
+            stream.flush()
+        except (OSError, ValueError, LookupError, UnicodeError):
+            pass  # closed or unusable: the log file still has the text
+
+    def _lines(self, w: WorkerHandle, tag: str, lines: list[bytes]) -> None:
         level = logging.INFO if tag == "out" else logging.WARNING
         log_file = self._log_file(w)
         stamp = time.strftime("%H:%M:%S")
+        to_logger = self.output == "logging"
         for raw in lines:
             text = raw.decode("utf-8", "replace").rstrip("\r")
             if log_file is not None:
                 log_file.write(f"{stamp} {tag} | {text}\n")
             if tag == "err":
                 w.err_tail.append(text)
-            w.logger.log(level, "%s", text, extra={"worker_pid": w.pid, "stream": tag})
+            if to_logger:
+                w.logger.log(level, "%s", text, extra={"worker_pid": w.pid, "stream": tag})
         if log_file is not None:
             log_file.flush()
 
@@ -830,14 +1019,14 @@ class Pool:
             item, w.item = w.item, None
             if item is not None:
                 item.worker = None
-                if item.cancel_requested:
+                if item.cancel_requested or item.stop_requested:
                     outcome = "cancel"
                 else:
                     exc, retryable = self._exit_error(w, item, rc)
                     if retryable and item.attempts < self.retries and self.broken is None:
                         item.attempts += 1
                         item._payload = None
-                        self._pending.appendleft(item)
+                        self._ready.appendleft(item)
                         logger.warning("%s; retrying (attempt %d)", exc, item.attempts + 1)
                     else:
                         outcome = exc
@@ -889,7 +1078,9 @@ class Pool:
             msg = f"{who} {self._exit_text(rc)} while running {item.label}"
             return WorkerCrashedError(msg + self._tail(w)), True
         if cls is BrokenProcessPool:
-            return BrokenProcessPool(why), False
+            exc = BrokenProcessPool(why)
+            exc.__cause__ = self._broken_cause
+            return exc, False
         msg = f"{who} was killed while running {item.label}: {why}"
         return cls(msg + self._tail(w)), cls is WorkerHungError
 
@@ -965,8 +1156,10 @@ class Pool:
             if self.broken is not None:
                 return
             self.broken = message
-            pending = list(self._pending)
+            self._broken_cause = cause
+            pending = [*self._ready, *self._pending]
             self._pending.clear()
+            self._ready.clear()
             workers = list(self._workers)
         self._keep_logs = True
         for item in pending:
@@ -984,7 +1177,7 @@ class Pool:
         if not self._shutdown:
             return False
         with self._lock:
-            if self._pending or any(w.item is not None for w in self._workers):
+            if self._pending or self._ready or any(w.item is not None for w in self._workers):
                 return False
             self._stopping = True
             to_stop = [w for w in self._workers if w.state in (STARTING, IDLE)]
@@ -998,18 +1191,22 @@ class Pool:
 
     def _close(self) -> None:
         _live_pools.discard(self)
-        for conn in list(self._handshakes):
-            self._drop_handshake(conn)
         for _, done in list(self._calls):
             done.set()
+        for conn in list(self._handshakes):
+            try:
+                self._drop_handshake(conn)
+            except Exception:
+                conn.close()
         if self._listener is not None:
             self._listener.close()
         if self._selector is not None:
             self._selector.close()
-        for fd in (self._wake_r, self._wake_w):
+        fds = (self._wake_r, self._wake_w)
+        self._wake_r = self._wake_w = -1
+        for fd in fds:
             if fd >= 0:
                 os.close(fd)
-        self._wake_r = self._wake_w = -1
         if self._own_log_dir and self._log_dir is not None and not self._keep_logs:
             shutil.rmtree(self._log_dir, ignore_errors=True)
 
@@ -1018,6 +1215,14 @@ WorkerCrashedError = errors.WorkerCrashedError
 WorkerHungError = errors.WorkerHungError
 TaskTimeoutError = errors.TaskTimeoutError
 MemoryLimitError = errors.MemoryLimitError
+
+
+def _cancel_by_ref(pool_ref, item_ref, grace: float = 5.0) -> bool:
+    """`future._bayou_cancel`: `Pool.cancel` through weak references."""
+    pool, item = pool_ref(), item_ref()
+    if pool is None or item is None:
+        return False  # settled and dropped: too late to cancel
+    return pool.cancel(item, grace)
 
 
 def _set_result(fut, value) -> None:
@@ -1039,9 +1244,17 @@ def _set_exception(fut, exc: BaseException) -> None:
 # -- interpreter exit ------------------------------------------------------------
 
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+_global_shutdown = False
 
 
 def _python_exit() -> None:
+    """At interpreter exit (before atexit callbacks): refuse new work, finish what runs.
+
+    Like CPython's concurrent.futures.process._python_exit: a pool nobody shut
+    down still completes its submitted tasks before the interpreter goes.
+    """
+    global _global_shutdown
+    _global_shutdown = True
     for pool in list(_live_pools):
         pool.shutdown(wait=True)
 

@@ -72,6 +72,47 @@ def print_lines(n):
     return n
 
 
+def write_raw(text, stream="out"):
+    """Write `text` as is (no newline added) to stdout or stderr, and flush."""
+    target = sys.stdout if stream == "out" else sys.stderr
+    target.write(text)
+    target.flush()
+    return len(text)
+
+
+def authkey():
+    import multiprocessing
+
+    return bytes(multiprocessing.current_process().authkey)
+
+
+class Dummy:
+    pass
+
+
+def make_dummy(_):
+    return Dummy()
+
+
+class TouchOnDelete:
+    """Creates `path` when garbage collected: shows when a worker let go of an argument."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __del__(self):
+        open(self.path, "w").close()
+
+
+def touched(obj):
+    return os.path.exists(obj.path)
+
+
+def fail_holding(obj):
+    """Raise while `obj` is a local of the failing frame (kept alive by the traceback)."""
+    raise RuntimeError("failed while holding " + type(obj).__name__)
+
+
 def raise_value_error(msg):
     raise ValueError(msg)
 

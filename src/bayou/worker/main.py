@@ -161,10 +161,30 @@ def _configure(config, runtime_dir) -> None:
         if p not in sys.path:
             sys.path.append(p)
     codec.add_roots(config.get("roots", ()))
+    authkey = config.get("authkey")
+    if authkey:
+        # the caller's multiprocessing key, as a spawned child would have it, so
+        # Manager proxies and other multiprocessing objects can connect back
+        import multiprocessing.process
+
+        multiprocessing.process.current_process().authkey = authkey
 
 
 def _run_task(channel, payload) -> None:
-    task_id, call_kind, fn_record, args_blob, roots = pickle.loads(payload)
+    """Run one task and send its RESULT; no reference to its arguments or result survives."""
+    status, data = _call(payload)
+    task_id = payload[0]
+    if status == wire.OK:
+        message = pickle.dumps((task_id, status, data), codec.PROTOCOL)
+    else:
+        message = pickle.dumps((task_id, status, data), 4)
+    del data
+    channel.send(wire.RESULT, message)
+
+
+def _call(payload):
+    """(status, data) for a decoded TASK; everything the call made is dropped on return."""
+    task_id, call_kind, fn_record, args_blob, roots = payload
     context.begin(task_id)
     try:
         try:
@@ -173,33 +193,27 @@ def _run_task(channel, payload) -> None:
             fn = codec.resolve(fn_record)
             args = codec.loads(args_blob)
         except BaseException as exc:
-            record = codec.error_record(exc, skip=1)
-            status, data = wire.LOAD_FAILED, record
-        else:
-            try:
-                if call_kind == wire.CALL:
-                    result = fn(*args[0], **args[1])
-                else:
-                    result = [fn(*a) for a in args]
-            except BaseException as exc:
-                status, data = wire.RAISED, codec.error_record(exc, skip=1)
+            return wire.LOAD_FAILED, codec.error_record(exc, skip=1)
+        try:
+            if call_kind == wire.CALL:
+                result = fn(*args[0], **args[1])
             else:
-                del args
-                try:
-                    status, data = wire.OK, codec.dumps(result)
-                except Exception as exc:
-                    note = "result of type %s" % codec.type_name(type(result))
-                    status, data = wire.RESULT_UNPICKLABLE, codec.error_record(exc, note=note)
-                except BaseException as exc:
-                    status, data = wire.RAISED, codec.error_record(exc)
-                del result
+                result = [fn(*a) for a in args]
+        except BaseException as exc:
+            return wire.RAISED, codec.error_record(exc, skip=1)
+        finally:
+            del fn, args
+        try:
+            return wire.OK, codec.dumps(result)
+        except Exception as exc:
+            note = "result of type %s" % codec.type_name(type(result))
+            return wire.RESULT_UNPICKLABLE, codec.error_record(exc, note=note)
+        except BaseException as exc:
+            return wire.RAISED, codec.error_record(exc)
+        finally:
+            del result
     finally:
         context.end()
-    if status == wire.OK:
-        message = pickle.dumps((task_id, status, data), codec.PROTOCOL)
-    else:
-        message = pickle.dumps((task_id, status, data), 4)
-    channel.send(wire.RESULT, message)
 
 
 def main(argv=None) -> None:
@@ -247,7 +261,9 @@ def main(argv=None) -> None:
         try:
             kind, payload = channel.recv()
             if kind == wire.TASK:
-                _run_task(channel, payload)
+                task, payload = pickle.loads(payload), None  # no pickled args kept while idle
+                _run_task(channel, task)
+                del task
             elif kind == wire.SHUTDOWN:
                 break
         except KeyboardInterrupt:
