@@ -9,6 +9,7 @@ from .env import Env
 from .environment import Environment
 from .errors import (
     BayouError,
+    CrossVersionError,
     MemoryLimitError,
     PicklingError,
     ProvisionError,
@@ -32,6 +33,7 @@ from .task_api import cancel, cancel_requested, report_progress  # noqa: E402
 __all__ = [
     "BayouError",
     "BayouFuture",
+    "CrossVersionError",
     "EnvExecutor",
     "Progress",
     "UnpicklingError",

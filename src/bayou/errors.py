@@ -116,6 +116,12 @@ class PicklingError(BayouError, pickle.PicklingError, TypeError):
     ProcessPoolExecutor keeps catching it."""
 
 
+class CrossVersionError(PicklingError):
+    """A function or class that only travels as bytecode was sent to a worker of
+    another Python X.Y. Raised by `submit`/`map` themselves, not through the
+    future: the call can never work, and the message says how to fix it."""
+
+
 class UnpicklingError(BrokenProcessPool, BayouError, pickle.UnpicklingError):
     """A task could not be loaded in the worker (e.g. its module is missing
     there), or its result could not be loaded in the caller. Only that task

@@ -263,6 +263,8 @@ class EnvExecutor(Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
         try:
             item = make()
+        except errors.CrossVersionError:
+            raise  # can never work: say so at the call, with the fix
         except errors.PicklingError as exc:
             # Like ProcessPoolExecutor, a task that cannot be pickled fails its
             # future (at once, here) rather than raising from submit().
@@ -295,6 +297,8 @@ class EnvExecutor(Executor):
             return _results(fs, end_time, chunked=False)
         try:
             fn_record, roots = self._encoder.function(fn)
+        except errors.CrossVersionError:
+            raise
         except errors.PicklingError as exc:
             fn_record, roots, error = None, frozenset(), exc
         else:

@@ -255,7 +255,7 @@ class TaskEncoder:
         try:
             blob, roots = self.dumps(fn)
         except _ByValueError as exc:
-            raise errors.PicklingError(str(exc)) from None
+            raise errors.CrossVersionError(str(exc)) from None
         except Exception as exc:
             raise errors.PicklingError(
                 f"cannot pickle the function {_describe(fn)}: {type(exc).__name__}: {exc}"
@@ -277,9 +277,9 @@ class TaskEncoder:
 
     def _args_error(self, fn, exc, positional: Iterable, kwargs: dict) -> errors.PicklingError:
         if isinstance(exc, _ByValueError):
-            reason = str(exc)
+            reason, error_type = str(exc), errors.CrossVersionError
         else:
-            reason = f"{type(exc).__name__}: {exc}"
+            reason, error_type = f"{type(exc).__name__}: {exc}", errors.PicklingError
         culprit = "an argument"
         candidates = [(f"argument {i}", a) for i, a in positional]
         candidates += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
@@ -289,9 +289,7 @@ class TaskEncoder:
             except Exception:
                 culprit = f"{label} ({type(value).__module__}.{type(value).__qualname__})"
                 break
-        return errors.PicklingError(
-            f"cannot pickle {culprit} of the call to {_describe(fn)}: {reason}"
-        )
+        return error_type(f"cannot pickle {culprit} of the call to {_describe(fn)}: {reason}")
 
 
 def _cause(exc: BaseException) -> BaseException | None:
