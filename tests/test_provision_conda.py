@@ -133,3 +133,27 @@ def test_timeout_kills_the_solver_child(store, conda_channel, monkeypatch):
     assert time.monotonic() - started < 10
     server.close()
     assert store.list() == [] and not list(store.builds_dir.iterdir())
+
+
+def test_channel_names_resolve_against_the_channel_alias(
+    store, conda_channel, tmp_path, monkeypatch
+):
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "conda-forge").symlink_to(Path(urlparse(conda_channel).path))
+    env = Env(conda=["bayou-demo-lib=2.0"], channels=["conda-forge"])
+    plain_hash = env.hash
+    monkeypatch.setenv("BAYOU_CHANNEL_ALIAS", mirror.as_uri())
+    built = bayou.provision(env)
+    assert env.hash == plain_hash  # a mirror serves the same channel: same identity
+    lib = next(p for p in built.record["conda_packages"] if p["name"] == "bayou-demo-lib")
+    assert lib["version"] == "2.0"
+    assert lib["channel"].startswith(mirror.as_uri())
+    # a package the mirror doesn't have names the alias in the error
+    monkeypatch.setenv("BAYOU_CHANNEL_ALIAS", (tmp_path / "empty").as_uri())
+    (tmp_path / "empty" / "conda-forge" / "noarch").mkdir(parents=True)
+    with pytest.raises(ProvisionError, match="BAYOU_CHANNEL_ALIAS"):
+        bayou.provision(Env(conda=["bayou-demo-lib=1.0"], channels=["conda-forge"]))

@@ -8,6 +8,7 @@ lines into `ProgressEvent`s and its result file into records or a
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,19 @@ from ..errors import ProvisionError
 from ..store import Store
 from . import rattler_child
 from .tools import Deadline, run_tool
+
+CHANNEL_ALIAS_VAR = "BAYOU_CHANNEL_ALIAS"
+
+
+def channel_alias() -> str | None:
+    """Where channel *names* live (conda's `channel_alias`): a mirror for sites that
+    can't reach anaconda.org. `conda-forge` becomes `<alias>/conda-forge`; channels
+    given as URLs or paths are untouched. A mirror serves the same packages, so the
+    env's identity (which holds channel names) does not change."""
+    alias = os.environ.get(CHANNEL_ALIAS_VAR)
+    if not alias:
+        return None
+    return alias if alias.endswith("/") else alias + "/"  # a URL join keeps the last part
 
 
 def solve_and_install(
@@ -35,6 +49,7 @@ def solve_and_install(
     request = {
         "specs": list(env.conda),
         "channels": list(env.channels),
+        "channel_alias": channel_alias(),
         "platform": conda_platform(),
         "build_prefix": str(build_dir),
         "final_prefix": str(final_prefix),
@@ -69,6 +84,8 @@ def solve_and_install(
     if answer["ok"]:
         return answer["records"]
     channels = ", ".join(env.channels)
+    if channel_alias():
+        channels += f" (names resolved against $BAYOU_CHANNEL_ALIAS={channel_alias()})"
     package = answer.get("package")
     if answer["stage"] == "solve":
         about = f" for {package!r}" if package else ""

@@ -95,7 +95,9 @@ def _culprit(message: str, specs: list[str]) -> str | None:
 async def _solve_and_install(request: dict[str, Any]) -> dict[str, Any]:
     import rattler
 
-    channels = [rattler.Channel(c) for c in request["channels"]]
+    alias = request.get("channel_alias")
+    config = rattler.ChannelConfig(channel_alias=alias) if alias else None
+    channels = [rattler.Channel(c, config) for c in request["channels"]]
     platform = rattler.Platform(request["platform"])
     _emit("progress", stage="solve", done=0, total=None, message="fetching repodata")
     gateway = rattler.Gateway(cache_dir=request["repodata_cache"])
