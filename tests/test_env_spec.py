@@ -208,3 +208,31 @@ def test_existing_and_current(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SpecError, match="no python"):
         Env.existing(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"conda": ["numpy"]},
+        {"conda": ["python"]},
+        {"conda": ["python=3.9", "numpy"]},
+        {"python": "3.12", "pip": ["NumPy >=2"]},
+        {"pip": ["six"], "env_vars": {"A": "1"}, "name": "n"},
+    ],
+)
+def test_to_dict_and_back_keeps_the_identity(kwargs):
+    env = Env(**kwargs)
+    again = Env.from_dict(env.to_dict())
+    assert again.hash == env.hash and again == env
+    assert again.to_dict() == env.to_dict()
+
+
+def test_envs_pickle_to_equal_envs(tmp_path):
+    import pickle
+
+    for env in (
+        Env(conda=["numpy"], pip=["six"], env_vars={"A": "1"}, name="x"),
+        Env.current(env_vars={"B": "2"}),
+    ):
+        again = pickle.loads(pickle.dumps(env))
+        assert again == env and again.hash == env.hash and again.env_vars == env.env_vars

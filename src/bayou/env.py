@@ -16,7 +16,9 @@ What is in the hash: the kind of env, the Python version, conda specs
 sorted), pip index options, channels (in order: conda's channel priority
 depends on it) and the platform (`linux-64`, ...). What is not: `name` (a
 label), `env_vars` (they change no file on disk, they are applied when a
-process starts) and the source file's path.
+process starts), `backend` (the tool that builds the conda part changes how
+the env is built, not what is in it; the record says which tool built it) and
+the source file's path.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from packaging.utils import canonicalize_name
 from .errors import SpecError
 
 DEFAULT_CHANNELS = ("conda-forge",)
+# Tools that can build the conda part (see bayou.provision.external).
+BACKENDS = ("rattler", "micromamba", "pixi", "conda")
 _HASH_VERSION = 1  # bump when the canonical form changes meaning
 
 # A conda match spec as users write it: optional `channel::`, a package name,
@@ -151,6 +155,7 @@ class Env:
         "_name",
         "_path",
         "_source",
+        "_backend",
         "_hash",
     )
 
@@ -164,6 +169,7 @@ class Env:
         name: str | None = None,
         *,
         pip_options: Iterable[str] = (),
+        backend: str | None = None,
         _source: str | None = None,
         _lines: Mapping[str, int] | None = None,
     ) -> None:
@@ -187,8 +193,10 @@ class Env:
                 )
         python = python or python_from_conda
         if conda_specs and not any(conda_spec_name(s) == "python" for s in conda_specs):
-            # Every bayou env runs Python workers: a conda env always gets one.
-            conda_specs.append(f"python {python or caller_python_version()}.*")
+            # Every bayou env runs Python workers: a conda env always gets one. The
+            # version is recorded as if asked for, so to_dict/from_dict round-trips.
+            python = python or caller_python_version()
+            conda_specs.append(f"python {python}.*")
         pip_reqs = [
             normalize_pip_requirement(r, file=_source, line=lines.get(str(r))) for r in pip
         ]
@@ -201,6 +209,13 @@ class Env:
             if not _ENV_VAR_NAME.match(str(key)):
                 raise SpecError("not a valid environment variable name", file=_source, entry=key)
             variables[str(key)] = str(value)
+        if backend is not None and backend not in BACKENDS:
+            raise SpecError(
+                f"backend must be one of {', '.join(BACKENDS)} (or None: py-rattler, "
+                "unless $BAYOU_BACKEND says otherwise)",
+                file=_source,
+                entry=str(backend),
+            )
 
         self._set(
             _kind="spec",
@@ -213,6 +228,7 @@ class Env:
             _name=name,
             _path=None,
             _source=_source,
+            _backend=backend,
         )
         self._set(_hash=self._compute_hash())
 
@@ -253,6 +269,7 @@ class Env:
             _env_vars=MappingProxyType({str(k): str(v) for k, v in (env_vars or {}).items()}),
             _name=given.name,
             _source=None,
+            _backend=None,
         )
         env._set(_hash=env._compute_hash())
         return env
@@ -277,6 +294,10 @@ class Env:
     name = property(lambda self: self._name)
     path = property(lambda self: self._path, doc="The python of an existing env.")
     source = property(lambda self: self._source, doc="The file this spec was read from.")
+    backend = property(
+        lambda self: self._backend,
+        doc="Tool for the conda part ('micromamba', 'pixi', 'conda', 'rattler'), or None.",
+    )
     hash = property(lambda self: self._hash, doc="Content identity (hex, 16 chars).")
 
     @property
@@ -306,6 +327,8 @@ class Env:
         """Everything needed to recreate this Env (stored in the env's record)."""
         data = self.canonical()
         data.update(name=self._name, env_vars=dict(self._env_vars), source=self._source)
+        if self._backend is not None:
+            data["backend"] = self._backend
         return data
 
     @classmethod
@@ -322,6 +345,7 @@ class Env:
             env_vars=data.get("env_vars"),
             name=data.get("name"),
             pip_options=data.get("pip_options", ()),
+            backend=data.get("backend"),
         )
 
     def replace(self, **changes: Any) -> Env:
@@ -338,6 +362,7 @@ class Env:
             "env_vars": dict(self._env_vars),
             "name": self._name,
             "pip_options": self._pip_options,
+            "backend": self._backend,
         }
         fields.update(changes)
         return Env(**fields)
@@ -347,13 +372,22 @@ class Env:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Env):
             return NotImplemented
-        return self._hash == other._hash and dict(self._env_vars) == dict(other._env_vars)
+        return (
+            self._hash == other._hash
+            and dict(self._env_vars) == dict(other._env_vars)
+            and self._backend == other._backend
+        )
 
     def __hash__(self) -> int:
         return hash(self._hash)
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError("Env is immutable; use Env.replace(...)")
+
+    def __reduce__(self):
+        # Rebuilt through the validating constructor: a pickled Env (to a Dask
+        # worker, a persistent pool) is the same env, with the same hash, there.
+        return (Env.from_dict, (self.to_dict(),))
 
     def _set(self, **fields: Any) -> None:
         for key, value in fields.items():
@@ -371,6 +405,8 @@ class Env:
             parts.append(f"conda={list(self._conda)!r}")
         if self._pip:
             parts.append(f"pip={list(self._pip)!r}")
+        if self._backend:
+            parts.append(f"backend={self._backend!r}")
         return f"Env({', '.join(parts)}) #{self._hash[:8]}"
 
     def describe(self) -> str:
