@@ -44,6 +44,17 @@ def test_pip_env_is_built_once_and_found_again(store):
     assert hit < first.record["build_seconds"] / 10
 
 
+def test_an_env_is_found_by_every_name_it_was_asked_for(store):
+    built = bayou.provision(Env(pip=["packaging==21.3"]))  # no name
+    for name in ("old-packaging", "legacy"):
+        again = bayou.provision(Env(pip=["packaging==21.3"], name=name))
+        assert again.prefix == built.prefix  # the same files: names are labels
+        assert store.resolve(name).prefix == built.prefix
+    assert store.names(built.hash) == {"old-packaging", "legacy"}
+    with pytest.raises(KeyError, match="no environment matches 'other'"):
+        store.resolve("other")
+
+
 def test_conflicting_pins_coexist(store):
     old = bayou.provision(Env(pip=["packaging==21.3"]))
     new = bayou.provision(Env(pip=["packaging==24.1"]))

@@ -136,6 +136,22 @@ class Store:
         with contextlib.suppress(OSError):
             marker.touch()
 
+    def names(self, env_hash: str) -> set[str]:
+        """Every name this env was asked for by: the same spec may be built under one
+        name and asked for under another later, and both should find it."""
+        found = set()
+        with contextlib.suppress(OSError):
+            found = set((self.env_dir(env_hash) / RECORD_DIR / "names").read_text().split("\n"))
+        record = self.lookup(env_hash) or {}
+        return {n for n in found | {record.get("name") or ""} if n}
+
+    def add_name(self, env_hash: str, name: str | None) -> None:
+        if not name or name in self.names(env_hash):
+            return
+        names_file = self.env_dir(env_hash) / RECORD_DIR / "names"
+        with contextlib.suppress(OSError), open(names_file, "a") as fh:
+            fh.write(name + "\n")  # one short append: atomic on a local fs
+
     def last_used(self, env_hash: str) -> float:
         base = self.env_dir(env_hash) / RECORD_DIR
         for name in ("used", RECORD_FILE):
@@ -161,7 +177,7 @@ class Store:
         if exact:
             return exact[0]
         matches = [e for e in envs if e.hash.startswith(ref)] or [
-            e for e in envs if e.record.get("name") == ref
+            e for e in envs if ref in self.names(e.hash)
         ]
         if len(matches) == 1:
             return matches[0]
@@ -210,6 +226,21 @@ class Store:
         if target.exists() and self.lookup(env_hash) is None:
             # A directory without a record was never published by bayou.
             self._delete(target)
+        self.sweep_trash()
+
+    def sweep_trash(self) -> None:
+        """Finish deletions that a killed process left half done in ``trash/``.
+
+        Nothing under ``trash/`` is ever used, so removing it is always safe,
+        even while another process is removing the same tree."""
+        trash = self.root / "trash"
+        if trash.is_dir():
+            for leftover in trash.iterdir():
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        leftover.unlink()
 
     def publish(self, build_dir: Path, env_hash: str, record: dict[str, Any]) -> None:
         """Write the record, then make the env visible in one rename."""
@@ -231,11 +262,17 @@ class Store:
 
     # -- removal ------------------------------------------------------------------
 
-    def remove(self, env_hash: str) -> bool:
-        """Delete one env; True if it existed."""
+    def remove(self, env_hash: str, *, unused_since: float | None = None) -> bool:
+        """Delete one env; True if it existed (and was deleted).
+
+        The env leaves ``envs/`` in one rename under its lock, so a reader
+        sees the whole env or none. With `unused_since` (what `gc` saw), an
+        env used after that time is kept: someone picked it up meanwhile."""
         with self.lock(env_hash):
             target = self.env_dir(env_hash)
             if not target.exists():
+                return False
+            if unused_since is not None and self.last_used(env_hash) > unused_since:
                 return False
             self._delete(target)
             return True
@@ -264,10 +301,10 @@ class Store:
                 victim = keep.pop()  # least recently used
                 total -= victim.size
                 evict.append(victim)
-        if not dry_run:
-            for env in evict:
-                self.remove(env.hash)
-        return evict
+        if dry_run:
+            return evict
+        self.sweep_trash()
+        return [e for e in evict if self.remove(e.hash, unused_since=e.last_used)]
 
     def _delete(self, path: Path) -> None:
         """Rename out of sight first, so nobody sees a half-deleted tree."""

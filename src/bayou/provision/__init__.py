@@ -2,6 +2,7 @@
 
     provision(env)
       │ existing/current env ─────────────────────────────▶ Environment (no build)
+      │ allow_current and the caller satisfies it (reuse) ─▶ the caller's (no build)
       │ store.lookup(hash) hit ──────────────── touch ────▶ Environment (fast path)
       ▼ miss
     store.lock(hash)  (cross-process; a second caller waits here, then hits)
@@ -9,6 +10,7 @@
       ▼
     builds/<hash>-x/ ◀── conda_step (rattler child: solve, download, link
       │                  with the final prefix as the placeholder target)
+      │                  or external (micromamba/pixi/conda, then relocated)
       │             ◀── uv_step.create_venv (pip-only envs)
       │             ◀── uv_step.install (pip part)
       │ fix the build path out of scripts, compute activation, size
@@ -34,7 +36,8 @@ from ..environment import Environment, current_environment
 from ..errors import ProvisionError, SpecError
 from ..interpreters import python_in_prefix
 from ..store import Store, tree_size
-from . import activation, conda_step, uv_step
+from . import activation, conda_step, external, reuse, uv_step
+from .diskfull import no_space_error
 from .progress import ProgressCallback, ProgressEvent, default_progress
 from .tools import Deadline
 
@@ -47,12 +50,18 @@ def provision(
     timeout: float | None = None,
     *,
     store: Store | str | os.PathLike[str] | None = None,
+    allow_current: bool = False,
+    allow_download: bool | None = None,
 ) -> Environment:
     """Build `env` (or find it already built) and return where it lives.
 
     Safe to call from many processes at once: one builds, the others wait
     and then reuse the result. `timeout` (seconds) bounds the whole call;
     when it passes, or on Ctrl-C, the build is killed and nothing is kept.
+    `allow_current=True` returns the caller's own interpreter instead when
+    it already satisfies a pip-only spec (see `reuse`). `allow_download`
+    lets an external backend fetch micromamba/pixi into the store when it is
+    missing (default: ``$BAYOU_ALLOW_DOWNLOAD``; see docs/backends.md).
     """
     if not isinstance(env, Env):
         raise TypeError(f"provision() takes a bayou.Env, not {type(env).__name__}")
@@ -60,10 +69,16 @@ def provision(
         return current_environment(env.env_vars)
     if env.kind == "existing":
         return _existing_environment(env)
+    if allow_current:
+        reason = reuse.why_not_current(env)
+        if reason is None:
+            return reuse.caller_environment(env)
+        reuse.log.debug("not reusing the caller's interpreter for %s: %s", env.describe(), reason)
     store = store if isinstance(store, Store) else Store(store)
     record = store.lookup(env.hash)
     if record is not None:
         store.touch(env.hash)
+        store.add_name(env.hash, env.name)
         return environment_from_record(record, env)
 
     report = progress or default_progress()
@@ -72,12 +87,13 @@ def provision(
         with store.lock(env.hash, timeout=deadline.remaining()):
             record = store.lookup(env.hash)  # built while we waited
             if record is None:
-                record = _build(env, store, report, deadline)
+                record = _build(env, store, report, deadline, allow_download)
     except TimeoutError as exc:
         if isinstance(exc, ProvisionError):
             raise
         raise _timeout_error(timeout, "waiting for another process building the same env")
     store.touch(env.hash)
+    store.add_name(env.hash, env.name)
     return environment_from_record(record, env)
 
 
@@ -87,7 +103,13 @@ def _timeout_error(timeout: float | None, what: str) -> ProvisionError:
     return ProvisionTimeout(f"provisioning timed out after {timeout:g} s ({what})")
 
 
-def _build(env: Env, store: Store, report: ProgressCallback, deadline: Deadline) -> dict:
+def _build(
+    env: Env,
+    store: Store,
+    report: ProgressCallback,
+    deadline: Deadline,
+    allow_download: bool | None = None,
+) -> dict:
     started = time.monotonic()
     final = store.env_dir(env.hash)
     build_dir = store.new_build_dir(env.hash)
@@ -102,10 +124,24 @@ def _build(env: Env, store: Store, report: ProgressCallback, deadline: Deadline)
 
     try:
         conda_records: list[dict[str, Any]] = []
+        backend, tool_info = "uv", None
         if env.is_conda:
-            conda_records = conda_step.solve_and_install(
-                env, store, build_dir, final, deadline, on_conda_event
-            )
+            backend = external.selected_backend(env)
+            if backend == "rattler":
+                conda_records = conda_step.solve_and_install(
+                    env, store, build_dir, final, deadline, on_conda_event
+                )
+            else:
+                conda_records, tool_info = external.solve_and_install(
+                    env,
+                    backend,
+                    store,
+                    build_dir,
+                    final,
+                    deadline,
+                    on_conda_event,
+                    allow_download=allow_download,
+                )
             python = python_in_prefix(build_dir)
             if python is None:
                 raise ProvisionError("the solved conda environment has no python")
@@ -132,6 +168,8 @@ def _build(env: Env, store: Store, report: ProgressCallback, deadline: Deadline)
             "hash": env.hash,
             "name": env.name,
             "kind": "conda" if env.is_conda else "venv",
+            "backend": backend,
+            "backend_tool": tool_info,
             "spec": env.to_dict(),
             "prefix": str(final),
             "python": str(final / python.relative_to(build_dir)),
@@ -149,21 +187,31 @@ def _build(env: Env, store: Store, report: ProgressCallback, deadline: Deadline)
         emit("done", msg=f"{env.describe()} in {record['build_seconds']:.1f} s")
         return record
     except BaseException as exc:
+        # Measured before the build is discarded (which frees the space again).
+        no_space = no_space_error(exc, build_dir, store.pkgs_dir)
         store.abandon(build_dir)
-        if isinstance(exc, ProvisionError):
-            exc.log_file = _write_log(store, env, exc.output or "\n".join(output))
-            exc.args = (f"{exc.args[0]}\n(full output in {exc.log_file})",)
+        error = no_space or exc
+        if isinstance(error, ProvisionError):
+            error.log_file = _write_log(store, env, error.output or "\n".join(output))
+            if error.log_file:
+                error.args = (f"{error.args[0]}\n(full output in {error.log_file})",)
             try:
-                report(ProgressEvent(env.hash, "failed", message=str(exc).splitlines()[0]))
+                report(ProgressEvent(env.hash, "failed", message=str(error).splitlines()[0]))
             except Exception:
                 pass
+        if no_space is not None:
+            raise no_space from exc
         raise
 
 
-def _write_log(store: Store, env: Env, text: str) -> str:
-    store.logs_dir.mkdir(parents=True, exist_ok=True)
-    path = store.logs_dir / f"build-{env.hash}.log"
-    path.write_text(text)
+def _write_log(store: Store, env: Env, text: str) -> str | None:
+    """The build log's path, or None when even that cannot be written (full disk)."""
+    try:
+        store.logs_dir.mkdir(parents=True, exist_ok=True)
+        path = store.logs_dir / f"build-{env.hash}.log"
+        path.write_text(text)
+    except OSError:
+        return None
     return str(path)
 
 

@@ -92,6 +92,25 @@ def _culprit(message: str, specs: list[str]) -> str | None:
     return None
 
 
+def _package_cache(path: str):
+    """The shared package cache, checked against each package's paths.json.
+
+    rattler's default (``cache_dir=``) trusts an extracted package whose
+    ``info/index.json`` is there: a truncated or modified file in the cache
+    would be hard-linked into every new env. ``full`` validation checks each
+    file's size and sha256 once per process (every build here) and
+    re-extracts a package that fails; ``BAYOU_CONDA_CACHE_VALIDATION=fast``
+    (files exist) or ``skip`` trade that safety for speed on huge envs."""
+    from rattler.package_cache import PackageCache, ValidationMode
+
+    mode = os.environ.get("BAYOU_CONDA_CACHE_VALIDATION", "full").strip().lower() or "full"
+    if mode not in ("full", "fast", "skip"):
+        raise ValueError(
+            f"BAYOU_CONDA_CACHE_VALIDATION={mode!r}: expected 'full', 'fast' or 'skip'"
+        )
+    return PackageCache.new_layered([path], validation_mode=getattr(ValidationMode, mode)())
+
+
 async def _solve_and_install(request: dict[str, Any]) -> dict[str, Any]:
     import rattler
 
@@ -124,7 +143,7 @@ async def _solve_and_install(request: dict[str, Any]) -> dict[str, Any]:
         await rattler.install(
             records,
             target_prefix=request["build_prefix"],
-            cache_dir=request["package_cache"],
+            package_cache=_package_cache(request["package_cache"]),
             alternative_target_prefix=request["final_prefix"],
             platform=platform,
             show_progress=False,
@@ -157,10 +176,16 @@ def main(argv: list[str]) -> int:
             "package": None,
         }
     tmp = request["result_path"] + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(result, fh, default=str)
-    os.replace(tmp, request["result_path"])
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(result, fh, default=str)
+        os.replace(tmp, request["result_path"])
+    except OSError as exc:
+        # E.g. a full disk: the parent finds no result file, so say here,
+        # on stderr (kept in its error), what happened and why.
+        sys.stderr.write(f"\ncould not write {tmp}: {exc}\n{json.dumps(result, default=str)}\n")
     sys.stdout.flush()
+    sys.stderr.flush()
     # Skip interpreter teardown: it is where py-rattler may crash.
     os._exit(0)
 

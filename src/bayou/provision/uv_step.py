@@ -23,6 +23,7 @@ from pathlib import Path
 from .. import interpreters
 from ..env import Env, pip_requirement_name
 from ..errors import ProvisionError
+from . import wheel_check
 from .tools import Deadline, ToolResult, run_tool
 
 
@@ -112,7 +113,48 @@ def install(
             package=_culprit(message, env.pip),
             output=result.output,
         )
-    return result
+    return _repair_damaged(env, python, cache_dir, deadline, argv, result)
+
+
+def _repair_damaged(
+    env: Env,
+    python: Path,
+    cache_dir: Path,
+    deadline: Deadline,
+    argv: list[str],
+    result: ToolResult,
+) -> ToolResult:
+    """Files linked from a damaged uv cache entry: drop the entry, reinstall
+    those packages once from a fresh download (see `wheel_check`)."""
+    try:
+        mode = wheel_check.validation_mode()
+    except ValueError as exc:
+        raise ProvisionError(str(exc)) from None
+    sites = wheel_check.site_packages(python)
+    bad = wheel_check.damaged(sites, installed_by(result), mode)
+    if not bad:
+        return result
+    names = sorted({name for name, _path, _problem in bad})
+    uv_env = uv_environ(cache_dir)
+    run_tool(
+        [uv_binary(), "cache", "clean", *names], deadline=deadline, what="cleaning", env=uv_env
+    )
+    again_argv = argv[: len(argv) - len(env.pip)]
+    again_argv += [f"--reinstall-package={name}" for name in names] + list(env.pip)
+    again = run_tool(again_argv, deadline=deadline, what="reinstalling pip packages", env=uv_env)
+    still = (
+        wheel_check.damaged(sites, installed_by(result), mode) if again.returncode == 0 else bad
+    )
+    if still:
+        details = "; ".join(f"{n}: {path} ({problem})" for n, path, problem in still[:5])
+        raise ProvisionError(
+            f"installed files do not match their RECORD even after a fresh download: {details}",
+            package=next((r for r in env.pip if pip_requirement_name(r) == still[0][0]), None),
+            output=result.output + "\n" + again.output,
+        )
+    found = "; ".join(f"{n}: {path} ({problem})" for n, path, problem in bad[:5])
+    note = f"bayou: damaged uv cache entries were replaced: {found}\n"
+    return ToolResult(result.argv, result.returncode, result.stdout + note, result.stderr)
 
 
 def installed_by(result: ToolResult) -> list[dict[str, str]]:
