@@ -1,0 +1,1 @@
+"""bayou.dask against a real Dask cluster started from the `dask` CLI."""
