@@ -26,11 +26,13 @@ from .store import Store
 __version__ = "0.1.0"
 
 from .executor import BayouFuture, EnvExecutor, Progress  # noqa: E402
+from .persistent import attach  # noqa: E402  (persistent pools: docs/persistent.md)
 from .provision import ProgressEvent, provision  # noqa: E402  (needs __version__)
 from .run import run  # noqa: E402
 from .task_api import cancel, cancel_requested, report_progress  # noqa: E402
 
 __all__ = [
+    "attach",
     "BayouError",
     "BayouFuture",
     "CrossVersionError",

@@ -4,6 +4,9 @@
     bayou env list | show REF | export REF | remove REF... | gc
     bayou run REF -- CMD [ARGS...]
     bayou doctor
+    bayou workers list | stop NAME...      persistent pools (docs/persistent.md)
+    bayou debug [NAME] [-o FILE]           VS Code attach config (docs/debugging.md)
+    bayou logs [NAME] [-n N] [--worker PID] (docs/logs.md)
 
 REF is a hash (or a unique prefix of one), an env name, a spec file, or the
 prefix/python of an existing env. Exit codes: 0 success, 1 a build or command
@@ -119,6 +122,10 @@ def _parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser("doctor", help="what bayou finds on this machine")
     doctor.set_defaults(func=cmd_doctor)
+
+    from .persistent import commands as runtime_commands  # workers, debug, logs
+
+    runtime_commands.add_parsers(commands)
     return parser
 
 

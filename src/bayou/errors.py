@@ -94,7 +94,16 @@ class RemoteError(BayouError):
 
 
 class WorkerCrashedError(BrokenProcessPool, BayouError):
-    """The worker running a task died; only that task fails."""
+    """The worker running a task died; only that task fails.
+
+    `exitcode` is the worker's exit status as `multiprocessing` reports it
+    (negative: killed by that signal), `pid` the worker's, `stderr_tail` its last
+    stderr lines: what a user needs to tell a segfault from an OOM kill from a
+    `sys.exit` without reading logs."""
+
+    exitcode: int | None = None
+    pid: int | None = None
+    stderr_tail: tuple[str, ...] = ()
 
 
 class WorkerHungError(WorkerCrashedError):

@@ -18,9 +18,13 @@ always fresh interpreters of the environment's Python.
 
 from __future__ import annotations
 
+import collections
+import functools
+import inspect
 import itertools
 import logging
 import multiprocessing
+import operator
 import os
 import sys
 import time
@@ -51,6 +55,8 @@ class Progress(NamedTuple):
 
 class BayouFuture(Future):
     """A `concurrent.futures.Future` that also carries the task's progress."""
+
+    _bayou_seconds: float | None = None  # how long the call ran in the worker
 
     def __init__(self) -> None:
         super().__init__()
@@ -91,6 +97,15 @@ class BayouFuture(Future):
         return True
 
 
+#: `submit_batch` runs each call as ``methodcaller("__call__")(partial)``: stdlib on both sides.
+_RUN_PARTIAL = operator.methodcaller("__call__")
+
+
+def _same_kwargs(a: dict, b: dict) -> bool:
+    """The same keyword arguments, the same objects (no `==`: values may be arrays)."""
+    return a.keys() == b.keys() and all(a[k] is b[k] for k in a)
+
+
 def _label(fn: Any) -> str:
     module = getattr(fn, "__module__", None)
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
@@ -99,14 +114,20 @@ def _label(fn: Any) -> str:
     return f"{module}.{name}" if module else name
 
 
-def _resolve_environment(env: Any) -> Environment:
+def _resolve_environment(env: Any, allow_current: bool = False) -> Environment:
     if env is None:
         return current_environment()
     if isinstance(env, Environment):
         return env
     from .provision import provision
 
-    return provision(env)
+    return provision(env, allow_current=allow_current)
+
+
+def _constructor_signature(init: Callable) -> inspect.Signature:
+    """`init`'s signature without `self`: what calling the class takes."""
+    sig = inspect.signature(init)
+    return sig.replace(parameters=list(sig.parameters.values())[1:])
 
 
 class EnvExecutor(Executor):
@@ -117,6 +138,9 @@ class EnvExecutor(Executor):
     env
         The environment the workers run in (an `Env` spec, provisioned on
         first use, or an `Environment`); default: the caller's interpreter.
+    allow_current
+        When the caller's own interpreter already satisfies a pip-only `env`
+        spec, run the workers there and build nothing (`bayou.provision`).
     heartbeat_timeout, task_timeout, retries, max_memory_per_worker
         Fault handling: see DESIGN.md and `bayou.errors`.
     log_dir
@@ -137,6 +161,14 @@ class EnvExecutor(Executor):
 
         Either way the last stderr lines of a worker that dies are quoted in
         its `WorkerCrashedError`.
+    persistent, name
+        ``persistent=True, name="seg"``: the workers live in a detached pool
+        host and outlive this process; `bayou.attach("seg")` connects later
+        processes, ``bayou workers stop seg`` ends it (docs/persistent.md).
+        A `name` alone keeps the worker logs under the store (``bayou logs``).
+    debug
+        Each worker listens with debugpy; `debug_ports` and ``bayou debug
+        NAME`` tell where (docs/debugging.md).
 
     `shutdown(cancel_futures=True)` cancels the tasks not yet handed to a
     worker; at most one task per worker is handed over ahead of time (like
@@ -154,13 +186,21 @@ class EnvExecutor(Executor):
         *,
         max_tasks_per_child: int | None = None,
         env: Any = None,
+        allow_current: bool = False,
         heartbeat_timeout: float | None = 10.0,
         task_timeout: float | None = None,
         retries: int = 0,
         max_memory_per_worker: int | None = None,
         log_dir: str | os.PathLike | None = None,
         output: str = "inherit",
+        persistent: bool = False,
+        name: str | None = None,
+        debug: bool = False,
     ) -> None:
+        if name is not None:
+            from .persistent.registry import check_name
+
+            check_name(name)
         if max_workers is None:
             count = getattr(os, "process_cpu_count", os.cpu_count)()
             max_workers = count or 1
@@ -173,18 +213,18 @@ class EnvExecutor(Executor):
                 raise ValueError("max_tasks_per_child must be >= 1")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        for name, value in (
+        for option, value in (
             ("heartbeat_timeout", heartbeat_timeout),
             ("task_timeout", task_timeout),
         ):
             if value is not None and value <= 0:
-                raise ValueError(f"{name} must be > 0 or None")
+                raise ValueError(f"{option} must be > 0 or None")
         if retries < 0:
             raise ValueError("retries must be >= 0")
         if output not in OUTPUT_MODES:
             raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUT_MODES))}")
 
-        self.environment = _resolve_environment(env)
+        self.environment = _resolve_environment(env, allow_current)
         if self.environment.python_xy < (3, 8):
             raise ValueError(
                 f"bayou workers need Python >= 3.8; env {self.environment.hash} has "
@@ -204,8 +244,7 @@ class EnvExecutor(Executor):
                 ) from exc
         self._max_workers = max_workers
         self._mp_context = mp_context or multiprocessing.get_context("spawn")
-        self._pool = Pool(
-            self.environment,
+        options = dict(
             max_workers=max_workers,
             initializer=init_blob,
             initializer_roots=init_roots,
@@ -217,7 +256,49 @@ class EnvExecutor(Executor):
             log_dir=log_dir,
             output=output,
         )
+        self._pool = self._make_pool(self.environment, options, name=name, debug=debug)
         self._finalizer = weakref.finalize(self, self._pool.shutdown, False, False)
+
+    def __new__(cls, *args: Any, persistent: bool = False, **kwargs: Any) -> EnvExecutor:
+        """``persistent=True`` makes a `bayou.persistent.PersistentExecutor` (docs/persistent.md)."""
+        if persistent and cls is EnvExecutor:
+            if kwargs.get("name") is None:
+                raise ValueError(
+                    "persistent=True needs name=...: later processes attach to the pool "
+                    "by that name (bayou.attach(name))"
+                )
+            from .persistent import PersistentExecutor
+
+            cls = PersistentExecutor
+        return super().__new__(cls)
+
+    # help(), IDEs and inspect.signature show __init__'s parameters, not __new__'s
+    __signature__ = _constructor_signature(__init__)
+
+    def _make_pool(
+        self, environment: Environment, options: dict[str, Any], *, name: str | None, debug: bool
+    ) -> Pool:
+        """The pool behind this executor (`PersistentExecutor` returns a remote one).
+
+        ``debug=True``: workers listen with debugpy (docs/debugging.md).
+        ``name``: worker logs are kept under the store (docs/logs.md).
+        """
+        if name is not None and options["log_dir"] is None:
+            from . import logs
+
+            directory = logs.pool_log_dir(name)
+            logs.prune_worker_logs(directory)
+            options["log_dir"] = directory / logs.WORKERS
+        if debug:
+            from .debugging import DebugPool, new_debug_id
+
+            return DebugPool(environment, debug_id=new_debug_id(name), **options)
+        return Pool(environment, **options)
+
+    @property
+    def debug_ports(self) -> dict[int, int]:
+        """``debug=True``: {worker pid: port} of the workers listening for a debugger."""
+        return dict(getattr(self._pool, "debug_ports", {}))
 
     # -- ProcessPoolExecutor compatibility -------------------------------------------
 
@@ -241,10 +322,11 @@ class EnvExecutor(Executor):
         roots: frozenset = frozenset()
         if fn_record is None:
             fn_record, roots = self._encoder.function(fn)
+        buffers: list = []  # big pickle buffers, out of band: shared memory or inline
         if call_kind == wire.CALL:
-            args_blob, arg_roots = self._encoder.call_args(fn, *payload)
+            args_blob, arg_roots = self._encoder.call_args(fn, *payload, buffers)
         else:
-            args_blob, arg_roots = self._encoder.chunk_args(fn, payload)
+            args_blob, arg_roots = self._encoder.chunk_args(fn, payload, buffers)
         return WorkItem(
             future=BayouFuture(),
             call_kind=call_kind,
@@ -252,6 +334,11 @@ class EnvExecutor(Executor):
             args_blob=args_blob,
             roots=roots | arg_roots,
             label=_label(fn),
+            oob=protocol.stage_buffers(
+                buffers, self._pool.segments, private=self._pool.retries > 0
+            )
+            if buffers
+            else None,
         )
 
     def _submit_item(self, make: Callable[[], WorkItem]) -> BayouFuture:
@@ -281,44 +368,85 @@ class EnvExecutor(Executor):
 
     submit.__doc__ = Executor.submit.__doc__
 
+    def submit_batch(self, calls: Iterable[tuple[Callable, tuple, dict]]) -> BayouFuture:
+        """Run several ``(fn, args, kwargs)`` calls as one task; the result is their list.
+
+        The calls run in order in one worker and the first exception ends the
+        task, like one `map` chunk whose functions and keyword arguments may
+        differ: the per-task cost is paid once per batch (joblib's backend
+        sends its batches this way). When every call has the same function and
+        the same keyword arguments (the usual ``delayed(f)(x, k=1)`` loop), the
+        batch travels exactly like a `map` chunk; otherwise each call travels
+        as a `functools.partial` run by `operator.methodcaller`. Both are
+        stdlib, so the environment needs nothing but the functions themselves.
+        """
+        calls = [(fn, tuple(args), dict(kwargs)) for fn, args, kwargs in calls]
+        if not calls:
+            raise ValueError("submit_batch needs at least one call")
+        fn0, _, kwargs0 = calls[0]
+        uniform = all(fn is fn0 and _same_kwargs(kw, kwargs0) for fn, _, kw in calls)
+
+        def make() -> WorkItem:
+            try:
+                if uniform:
+                    target = functools.partial(fn0, **kwargs0) if kwargs0 else fn0
+                    item = self._item(target, wire.CHUNK, [args for _, args, _ in calls])
+                else:
+                    chunk = [(functools.partial(f, *a, **kw),) for f, a, kw in calls]
+                    item = self._item(_RUN_PARTIAL, wire.CHUNK, chunk)
+            except errors.PicklingError:
+                for fn, args, kwargs in calls:  # raise the error naming the call at fault
+                    self._item(fn, wire.CALL, (args, kwargs))
+                raise
+            others = len({id(fn) for fn, _, _ in calls}) - 1
+            item.label = _label(fn0) + (f" and {others} other functions" if others else "")
+            item.label += f" (batch of {len(calls)} calls)"
+            return item
+
+        return self._submit_item(make)
+
     def map(
         self,
         fn: Callable,
         *iterables: Iterable,
         timeout: float | None = None,
-        chunksize: int = 1,
+        chunksize: int | None = None,
+        buffersize: int | None = None,
     ) -> Iterator:
-        """Like ProcessPoolExecutor.map: `chunksize` calls travel as one task."""
-        if chunksize < 1:
+        """Like ProcessPoolExecutor.map (Python 3.14's, with `buffersize`), batching by default.
+
+        Results come in order; the first call that raised raises when its
+        result is reached, after the results before it.
+
+        chunksize
+            None (default): automatic batching with exactly the semantics of
+            ``chunksize=1`` (every call has its own outcome), at a fraction of
+            its cost for many small calls: calls are batched only while others
+            of this map are already queued (so a short map still runs one call
+            per task, spread over the workers), up to about `_BATCH_SECONDS` of
+            measured work per batch, so that long calls stay balanced.
+            An int: exactly that many calls per task, as ProcessPoolExecutor
+            does (an exception fails the rest of its chunk).
+        buffersize
+            None: the iterables are consumed at once and everything is
+            submitted. An int: at most that many submitted tasks (calls, with
+            automatic batching) whose results have not been yielded; the
+            iterables are consumed as results are, so a huge or infinite
+            iterable is fine.
+        """
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
+        if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
-        if chunksize == 1:
-            fs = [self.submit(fn, *args) for args in zip(*iterables, strict=False)]
-            return _results(fs, end_time, chunked=False)
-        try:
-            fn_record, roots = self._encoder.function(fn)
-        except errors.CrossVersionError:
-            raise
-        except errors.PicklingError as exc:
-            fn_record, roots, error = None, frozenset(), exc
+        feeder = _MapFeeder(self, fn, zip(*iterables, strict=False), chunksize, buffersize)
+        if buffersize is None:
+            feeder.fill(None)
         else:
-            error = None
-        fs = []
-        args_iter = zip(*iterables, strict=False)
-        while chunk := list(itertools.islice(args_iter, chunksize)):
-            if error is not None:
-                fut = BayouFuture()
-                fut.set_exception(error)
-                fs.append(fut)
-                continue
-
-            def make(chunk=chunk) -> WorkItem:
-                item = self._item(fn, wire.CHUNK, chunk, fn_record=fn_record)
-                item.roots = item.roots | roots
-                return item
-
-            fs.append(self._submit_item(make))
-        return _results(fs, end_time, chunked=True)
+            feeder.fill(buffersize)
+        return _results(feeder, end_time)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with `cancel_futures`, cancel queued tasks and stop running ones.
@@ -330,6 +458,15 @@ class EnvExecutor(Executor):
         """
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
+    def __exit__(self, exc_type, exc_val, exc_tb) -> bool:
+        """Like Executor's, except on Ctrl-C: then queued work is cancelled and running
+        tasks are stopped (see `shutdown`) instead of waited for, which could take hours.
+        Workers live in their own sessions, so the terminal's SIGINT reaches only the
+        caller and no worker prints a KeyboardInterrupt traceback."""
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        self.shutdown(wait=True, cancel_futures=interrupted)
+        return False
+
     # -- calling into modules that live in the environment ---------------------------------
 
     def import_module(self, module: str | os.PathLike) -> ModuleProxy:
@@ -337,8 +474,10 @@ class EnvExecutor(Executor):
 
         `module` is a dotted name importable in the environment (or among the
         caller's own modules), or the path of a ``.py`` file. The module is
-        not imported in the caller.
+        not imported in the caller. A ``.py`` path that does not exist raises
+        `FileNotFoundError` here, not at the first call.
         """
+        _module_reference(module)
         return ModuleProxy(self, module)
 
     def execute(
@@ -446,7 +585,159 @@ def _result_or_cancel(fut: Future, timeout: float | None = None) -> Any:
         del fut
 
 
-def _results(fs: list[Future], end_time: float | None, *, chunked: bool) -> Iterator:
+# -- map ----------------------------------------------------------------------------------
+
+_SINGLE, _CHUNK, _BATCH = 0, 1, 2  # what a map future's result is: a value, a list, a batch
+_BATCH_SECONDS = 0.02  # measured work per automatic batch
+_MAX_BATCH = 1024  # calls per automatic batch
+_UNMEASURED_BATCH = 4  # calls per automatic batch until one batch has been timed
+
+
+class _MapFeeder:
+    """Turns map's argument tuples into submitted tasks, eagerly or within a buffer.
+
+    `tasks` holds (kind, future, calls) in submission order. With
+    `buffersize`, the executor is held weakly (as CPython 3.14 does): once it
+    is gone no more tasks are submitted.
+    """
+
+    def __init__(
+        self,
+        executor: EnvExecutor,
+        fn: Callable,
+        args_iter: Iterator,
+        chunksize: int | None,
+        buffersize: int | None,
+    ) -> None:
+        self.fn = fn
+        self.args_iter = args_iter
+        self.chunksize = chunksize
+        self.buffersize = buffersize
+        self.tasks: collections.deque = collections.deque()
+        self.pending_calls = 0  # calls in `tasks`
+        self.exhausted = False
+        self.workers = executor._max_workers
+        self.submitted = 0  # calls, written by the submitting thread only
+        self.completed = 0  # calls, written by done callbacks only
+        self.per_call: float | None = None  # seconds per call, measured in workers
+        self._executor = executor if buffersize is None else weakref.ref(executor)
+        self._fn_record: tuple | None = None
+        self._roots: frozenset = frozenset()
+        self._fn_error: BaseException | None = None
+        if chunksize != 1:
+            try:
+                self._fn_record, self._roots = executor._encoder.function(fn)
+            except errors.CrossVersionError:
+                raise
+            except errors.PicklingError as exc:
+                self._fn_error = exc
+
+    def executor(self) -> EnvExecutor | None:
+        if isinstance(self._executor, weakref.ref):
+            return self._executor()
+        return self._executor
+
+    def fill(self, limit: int | None) -> None:
+        """Submit until the iterables end or `limit` calls (tasks, for chunks) are pending."""
+        if self.exhausted:
+            return
+        executor = self.executor()
+        if executor is None:
+            self.exhausted = True
+            return
+        fixed = self.chunksize is not None
+        while True:
+            room = None
+            if limit is not None:
+                room = limit - (len(self.tasks) if fixed else self.pending_calls)
+                if room <= 0:
+                    return
+            size = self.chunksize if fixed else self._batch_size(room)
+            calls = list(itertools.islice(self.args_iter, size))
+            if not calls:
+                self.exhausted = True
+                return
+            self._submit(executor, calls)
+
+    def _batch_size(self, room: int | None) -> int:
+        queued = self.submitted - self.completed
+        size = 1 + queued // (2 * self.workers)
+        per_call = self.per_call
+        if per_call is None:
+            cap = _UNMEASURED_BATCH
+        else:
+            cap = max(1, int(_BATCH_SECONDS / max(per_call, 1e-7)))
+        size = min(size, cap, _MAX_BATCH)
+        return max(1, size if room is None else min(size, room))
+
+    def _submit(self, executor: EnvExecutor, calls: list) -> None:
+        fn = self.fn
+        n = len(calls)
+        self.submitted += n
+        self.pending_calls += n
+        if self.chunksize == 1 or (self.chunksize is None and n == 1):
+            self.tasks.append((_SINGLE, executor.submit(fn, *calls[0]), 1))
+            self._count_when_done(self.tasks[-1][1], 1)
+            return
+        if self._fn_error is not None:
+            fut = BayouFuture()
+            fut.set_exception(self._fn_error)
+            self.tasks.append((_CHUNK, fut, n))
+            return
+        kind = wire.CHUNK if self.chunksize is not None else wire.ITEMS
+
+        def make() -> WorkItem:
+            item = executor._item(fn, kind, calls, fn_record=self._fn_record)
+            item.roots = item.roots | self._roots
+            return item
+
+        fut = executor._submit_item(make)
+        if kind == wire.ITEMS and fut.done() and isinstance(fut.exception(), errors.PicklingError):
+            # One argument cannot be pickled: submit the calls one by one, so
+            # that only that call fails, at its place (chunksize=1 semantics).
+            self.submitted -= n
+            self.pending_calls -= n
+            for args in calls:
+                self._submit(executor, [args])
+            return
+        self.tasks.append((_CHUNK if kind == wire.CHUNK else _BATCH, fut, n))
+        self._count_when_done(fut, n)
+
+    def _count_when_done(self, fut: Future, n: int) -> None:
+        ref = weakref.ref(self)
+
+        def done(f: Future, n: int = n) -> None:
+            feeder = ref()
+            if feeder is None:
+                return
+            feeder.completed += n
+            seconds = getattr(f, "_bayou_seconds", None)  # the calls' duration in the worker
+            if seconds is not None:
+                old = feeder.per_call
+                feeder.per_call = seconds / n if old is None else 0.5 * (old + seconds / n)
+
+        fut.add_done_callback(done)
+
+    def pop(self) -> tuple[int, list[Future]]:
+        """The next task's kind and its future in a box (`_result_or_cancel(box.pop())`
+        leaves no reference to the future, hence to its result, in the caller's frame).
+
+        With a buffer, the next tasks are submitted first, as Python 3.14 does:
+        once k results are yielded, at most k + buffersize calls (tasks, for
+        explicit chunks) have been taken from the iterables.
+        """
+        kind, fut, n = self.tasks.popleft()
+        self.pending_calls -= n
+        if self.buffersize is not None:
+            self.fill(self.buffersize if self.chunksize is not None else self.buffersize - n + 1)
+        return kind, [fut]
+
+    def cancel_all(self) -> None:
+        while self.tasks:
+            self.tasks.popleft()[1].cancel()
+
+
+def _results(feeder: _MapFeeder, end_time: float | None) -> Iterator:
     """Yield results in order, cancelling the rest if the consumer stops (CPython's logic).
 
     No local variable holds a result while the generator is suspended, and each
@@ -454,20 +745,17 @@ def _results(fs: list[Future], end_time: float | None, *, chunked: bool) -> Iter
     a result it has already yielded (CPython's test_free_reference).
     """
     try:
-        fs.reverse()
-        while fs:
-            if end_time is None:
-                if chunked:
-                    yield from _pop_each(_result_or_cancel(fs.pop()))
-                else:
-                    yield _result_or_cancel(fs.pop())
-            elif chunked:
-                yield from _pop_each(_result_or_cancel(fs.pop(), end_time - time.monotonic()))
+        while feeder.tasks:
+            kind, box = feeder.pop()
+            timeout = None if end_time is None else end_time - time.monotonic()
+            if kind == _SINGLE:
+                yield _result_or_cancel(box.pop(), timeout)
+            elif kind == _CHUNK:
+                yield from _pop_each(_result_or_cancel(box.pop(), timeout))
             else:
-                yield _result_or_cancel(fs.pop(), end_time - time.monotonic())
+                yield from _pop_batch(_result_or_cancel(box.pop(), timeout))
     finally:
-        for fut in fs:
-            fut.cancel()
+        feeder.cancel_all()
 
 
 def _pop_each(values: list) -> Iterator:
@@ -475,3 +763,12 @@ def _pop_each(values: list) -> Iterator:
     values.reverse()
     while values:
         yield values.pop()
+
+
+def _pop_batch(batch: tuple) -> Iterator:
+    """An automatic batch: its values, then the exception of the call that raised, if any."""
+    values, error = batch
+    del batch
+    yield from _pop_each(values)
+    if error is not None:
+        raise error

@@ -49,6 +49,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import select
 import selectors
 import shutil
 import signal
@@ -64,7 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import errors, protocol
+from . import errors, protocol, shm
 from .environment import Environment
 from .worker import deploy, wire
 
@@ -82,13 +83,20 @@ BOOTSTRAP = (
 
 _MAX_SELECT = 0.5
 _HANDSHAKE_TIMEOUT = 10.0
+_MAX_AUTH_FRAME = 1 << 16  # bytes a connection may send before it has authenticated
 _RETIRE_TIMEOUT = 10.0
 _STDERR_TAIL = 20
-_MAX_START_FAILURES = 3
+_MAX_LINE = 1 << 16  # bytes of a worker's output line kept whole in its log
+_MAX_START_FAILURES = 3  # consecutive workers that exit or crash before READY: broken env
+# Workers killed before READY by a signal someone sends (OOM killer, an admin, a chaos
+# test) say little about the env; only this many in a row break the pool.
+_MAX_START_KILLS = 12
+_OUTSIDE_KILLS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 _QUIET: tuple[type | None, str] = (None, "")  # a kill that fails no task by itself
 OUTPUT_MODES = ("inherit", "logging")
 PREFETCH = 1  # tasks per worker handed over ahead of time (CPython: EXTRA_QUEUED_CALLS)
 SHUTDOWN_GRACE = 1.0  # s a handed-over task may take to stop after shutdown(cancel_futures)
+MEMORY_CHECK_INTERVAL = 0.1  # s between RSS checks of a busy worker (a leak is caught after)
 
 
 def heartbeat_interval(timeout: float | None) -> float | None:
@@ -112,19 +120,25 @@ class WorkItem:
     started: bool = False
     cancel_requested: bool = False  # bayou.cancel: the future ends cancelled either way
     stop_requested: bool = False  # shutdown(cancel_futures=True): ends cancelled only if killed
+    undelivered: bool = False  # its TASK frame could not be sent: the worker was already dead
     worker: WorkerHandle | None = None
-    _payload: bytes | None = field(default=None, repr=False)
+    oob: protocol.OutOfBand | None = None  # big argument buffers (shared memory or inline)
+    _payload: tuple[list, list[int]] | None = field(default=None, repr=False)
 
     def release(self) -> None:
         """Drop the pickled call once the item is settled (its future may live long)."""
         self.args_blob = b""
         self.fn_record = ()
         self._payload = None
+        if self.oob is not None:
+            oob, self.oob = self.oob, None
+            oob.release()
 
-    def payload(self) -> bytes:
+    def payload(self) -> tuple[list, list[int]]:
+        """(TASK payload parts, descriptors to attach)."""
         if self._payload is None:
             self._payload = protocol.encode_task(
-                self.task_id, self.call_kind, self.fn_record, self.args_blob, self.roots
+                self.task_id, self.call_kind, self.fn_record, self.args_blob, self.roots, self.oob
             )
         return self._payload
 
@@ -186,9 +200,11 @@ class WorkerHandle:
         self.tasks_done = 0
         self.ready = False
         self.dead = False
+        self.exiting = False  # _on_exit is reading its last frames: give it no new task
         self.kill_reason: tuple[type | None, str] | None = None
         self.cancel_deadline: float | None = None
         self.next_memory_check = 0.0
+        self.memory_strikes = 0  # consecutive checks that found it over the cap
         self.psutil_process = None
         self.pidfd: int | None = None
         self.partial = {"out": b"", "err": b""}
@@ -205,12 +221,12 @@ class WorkerHandle:
     def describe(self) -> str:
         return f"worker {self.slot} (pid {self.pid}, env {self.env_hash}, Python {self.version})"
 
-    def send(self, kind: int, payload: bytes = b"") -> bool:
+    def send(self, kind: int, payload: bytes | list = b"", fds: list[int] = ()) -> bool:
         with self.send_lock:
             if self.sock is None:
                 return False
             try:
-                wire.send_frame(self.sock, kind, payload)
+                wire.send_frame(self.sock, kind, payload, fds)
                 return True
             except OSError:
                 return False
@@ -268,15 +284,18 @@ class Pool:
         self._shutdown = False
         self._stopping = False
         self._start_failures = 0
+        self._start_kills = 0
         self._calls: collections.deque = collections.deque()
         self.thread: threading.Thread | None = None
         self._listener: protocol.Listener | None = None
         self._selector: selectors.BaseSelector | None = None
         self._wake_r = self._wake_w = -1
-        self._handshakes: dict[Any, tuple[bytes, wire.FrameReader, float]] = {}
+        self._handshakes: dict[Any, tuple[bytes, bytearray, float]] = {}
         self._command: list[str] = []
         self._environ: dict[str, str] = {}
         self._runtime_dir = ""
+        # big argument and result buffers (bayou.shm); None where memfds do not exist
+        self.segments: shm.SegmentPool | None = shm.SegmentPool() if shm.ENABLED else None
 
     # -- called from user threads ---------------------------------------------
 
@@ -461,7 +480,8 @@ class Pool:
             w.cancel_deadline = None
             if item.stop_requested:
                 w.cancel_deadline = now + SHUTDOWN_GRACE
-            w.next_memory_check = now + 0.05
+            w.next_memory_check = now + MEMORY_CHECK_INTERVAL
+            w.memory_strikes = 0
             item.worker = w
             out.append((w, item))
         if out:
@@ -480,11 +500,15 @@ class Pool:
 
     def _send_tasks(self, assignments: list[tuple[WorkerHandle, WorkItem]]) -> None:
         for w, item in assignments:
-            w.send(wire.TASK, item.payload())
+            parts, fds = item.payload()
+            if item.oob is not None:
+                item.oob.sent()
+            # A failed send means the worker is already dead (killed after it
+            # went idle, before we saw it go): the task never reached it, so
+            # `_on_exit` re-queues it without counting an attempt.
+            item.undelivered = not w.send(wire.TASK_FDS if fds else wire.TASK, parts, fds)
             if item.stop_requested or item.cancel_requested:
                 w.send(wire.CANCEL, pickle.dumps(item.task_id, 4))
-            # A failed send means the worker died; the supervisor sees that and
-            # fails or retries the item it recorded as running there.
 
     # -- the supervisor thread -------------------------------------------------
 
@@ -591,6 +615,12 @@ class Pool:
 
     def _dispatch(self, key: selectors.SelectorKey) -> None:
         data = key.data
+        # One select() batch can hold events of a worker that an earlier event of
+        # the same batch already closed (pidfd, then its socket or pipes); its fd
+        # number may even belong to a new worker by now. Skip such stale events.
+        current = self._selector.get_map().get(key.fd)
+        if current is None or current.data is not data:
+            return
         tag = data[0]
         if tag == "sock":
             self._on_socket(data[1])
@@ -619,7 +649,7 @@ class Pool:
             except OSError:
                 conn.close()
                 continue
-            self._handshakes[conn] = (nonce, wire.FrameReader(), time.monotonic())
+            self._handshakes[conn] = (nonce, bytearray(), time.monotonic())
             self._selector.register(conn, selectors.EVENT_READ, ("conn",))
 
     def _drop_handshake(self, conn) -> None:
@@ -628,16 +658,37 @@ class Pool:
         conn.close()
 
     def _on_handshake(self, conn) -> None:
-        nonce, reader, _ = self._handshakes[conn]
+        """A connection not yet authenticated: read its AUTH frame and check it.
+
+        Nothing it sends is trusted before its HMAC checks out: the frame is read
+        into a buffer of ours (a header announcing a huge length must not make us
+        allocate it), must be one AUTH frame of at most `_MAX_AUTH_FRAME` bytes,
+        and `protocol.accept_auth` verifies it without unpickling any class.
+        """
+        nonce, buf, _ = self._handshakes[conn]
         try:
-            if not reader.feed_from(conn):
-                raise EOFError
-        except (OSError, EOFError):
+            data = conn.recv(_MAX_AUTH_FRAME)
+        except OSError:
+            data = b""
+        if not data:
             self._drop_handshake(conn)
             return
-        if not reader.frames:
+        buf += data
+        size = wire.HEADER.size
+        if len(buf) < size:
             return
-        kind, payload = reader.frames.popleft()
+        length, kind = wire.HEADER.unpack_from(buf)
+        if kind != wire.AUTH or length > _MAX_AUTH_FRAME or len(buf) > size + length:
+            logger.warning(
+                "rejected a connection to the worker socket: it did not start with one "
+                "AUTH frame of at most %d bytes",
+                _MAX_AUTH_FRAME,
+            )
+            self._drop_handshake(conn)
+            return
+        if len(buf) < size + length:
+            return
+        payload = bytes(buf[size:])
         worker = None
         if kind == wire.AUTH:
             try:
@@ -665,15 +716,13 @@ class Pool:
             )
             return
         worker.version = ".".join(map(str, info["version"]))
-        worker.sock, worker.reader = conn, reader
+        worker.sock, worker.reader = conn, wire.FrameReader()
         worker.last_seen = time.monotonic()
         self._selector.register(conn, selectors.EVENT_READ, ("sock", worker))
         try:
             protocol.welcome(conn, self._listener.key, worker_nonce, self._worker_config())
         except OSError:
             pass  # it died; EOF follows
-        if reader.frames:
-            self._frames(worker)
 
     def _worker_config(self) -> dict:
         env = self.environment
@@ -708,7 +757,9 @@ class Pool:
         while frames and not w.dead:
             kind, payload = frames.popleft()
             if kind == wire.RESULT:
-                self._on_result(w, payload)
+                self._on_result(w, payload, [])
+            elif kind == wire.RESULT_FDS:
+                self._on_result(w, *payload)
             elif kind == wire.HEARTBEAT:
                 pass
             elif kind == wire.PROGRESS:
@@ -721,7 +772,7 @@ class Pool:
     def _on_ready(self, w: WorkerHandle) -> None:
         w.ready = True
         with self._lock:
-            self._start_failures = 0
+            self._start_failures = self._start_kills = 0
             if w.state == STARTING:
                 w.state = IDLE
                 self._idle.append(w)
@@ -739,17 +790,37 @@ class Pool:
         if item is not None and item.task_id == task_id:
             item.future._set_progress(done, total, message)
 
-    def _on_result(self, w: WorkerHandle, payload: bytes) -> None:
-        task_id, status, data = pickle.loads(payload)
+    def _on_result(self, w: WorkerHandle, payload: bytearray, fds: list[int]) -> None:
+        meta, body = wire.unpack(payload)
+        task_id, status, blob_len, desc, released, seconds = meta
+        if released and self.segments is not None:
+            self.segments.worker_released(released)
         item = w.item
         if item is None or item.task_id != task_id:
+            wire.close_fds(fds)
             return
+        try:
+            reply = None
+            if item.oob is not None and item.oob.reply is not None:
+                item.oob.reply.in_worker = False  # the worker is done with it
+                if desc is not None and desc[0] == wire.OOB_REPLY:
+                    reply = item.oob.take_reply()
+            buffers = protocol.result_buffers(payload, body, desc, fds, reply, self.segments)
+            data: Any = (payload, body, body + blob_len, buffers)
+            if status != wire.OK:
+                data = pickle.loads(memoryview(payload)[body : body + blob_len])
+        except Exception as exc:  # a protocol error or no memory to map: fail this task
+            status, data = wire.RAISED, exc
+            if reply is not None and self.segments is not None:
+                self.segments.settle(reply)
         w.item = None
         item.worker = None
         w.tasks_done += 1
         retire = (
-            self.max_tasks_per_child is not None and w.tasks_done >= self.max_tasks_per_child
-        ) or (self.max_memory is not None and self._rss(w) > self.max_memory)
+            w.exiting
+            or (self.max_tasks_per_child is not None and w.tasks_done >= self.max_tasks_per_child)
+            or (self.max_memory is not None and self._rss(w) > self.max_memory)
+        )
         with self._lock:
             if retire:
                 self._retire_locked(w)
@@ -763,6 +834,7 @@ class Pool:
             w.send(wire.SHUTDOWN)
         if spawn:
             self._spawn_as_needed()
+        item.future._bayou_seconds = seconds  # the call's own duration, for map's batching
         self._complete(item, status, data)
 
     def _retire_locked(self, w: WorkerHandle) -> None:
@@ -774,6 +846,7 @@ class Pool:
             del self.processes[w.pid]
 
     def _complete(self, item: WorkItem, status: int, data: Any) -> None:
+        """Settle `item`: `data` is (payload, start, end, buffers) for OK, else an error record."""
         item.release()
         fut = item.future
         if item.cancel_requested:
@@ -781,7 +854,13 @@ class Pool:
             return
         if status == wire.OK:
             try:
-                value = protocol.loads(data)
+                value = protocol.loads(data[0], data[1], data[2], data[3])
+                del data
+                if item.call_kind == wire.ITEMS:  # (values, (status, record) | None)
+                    values, error = value
+                    if error is not None:
+                        error = self._remote_error(item, *error)
+                    value = (values, error)
             except BaseException as exc:
                 err = errors.UnpicklingError(
                     f"the result of {item.label} could not be unpickled in the caller: "
@@ -792,10 +871,16 @@ class Pool:
             else:
                 _set_result(fut, value)
             return
+        if isinstance(data, BaseException):
+            _set_exception(fut, data)
+            return
+        _set_exception(fut, self._remote_error(item, status, data))
+
+    def _remote_error(self, item: WorkItem, status: int, data: dict) -> BaseException:
+        """The exception a failed task's error record stands for."""
         cause = protocol.rebuild_exception(data)
         if status == wire.RAISED:
-            _set_exception(fut, cause)
-            return
+            return cause
         env = self.environment
         if status == wire.LOAD_FAILED:
             err = errors.UnpicklingError(
@@ -808,7 +893,7 @@ class Pool:
                 f"pickled in the worker: {data['type']}: {data['message']}"
             )
         err.__cause__ = cause
-        _set_exception(fut, err)
+        return err
 
     # -- worker processes --------------------------------------------------------
 
@@ -914,6 +999,9 @@ class Pool:
             self._echo(tag, w.decoders[tag].decode(data))
         lines = (w.partial[tag] + data).split(b"\n")
         w.partial[tag] = lines.pop()
+        if len(w.partial[tag]) >= _MAX_LINE:  # output without newlines: log it in pieces
+            lines.append(w.partial[tag])  # (keeping it whole would copy it at every read)
+            w.partial[tag] = b""
         if lines:
             self._lines(w, tag, lines)
 
@@ -958,7 +1046,9 @@ class Pool:
                     self._log_dir = Path(tempfile.mkdtemp(prefix="bayou-logs-"))
                 self._log_dir.mkdir(parents=True, exist_ok=True)
                 w.log_path = self._log_dir / f"worker-{self.environment.hash}-{w.slot}-{w.pid}.log"
-                w.log_file = open(w.log_path, "a", encoding="utf-8")  # noqa: SIM115
+                # 0600: what a task prints is nobody else's business, whatever the umask
+                fd = os.open(w.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                w.log_file = open(fd, "a", encoding="utf-8")  # noqa: SIM115
             except OSError:
                 w.log_path = Path(os.devnull)
         return w.log_file
@@ -981,6 +1071,9 @@ class Pool:
         """A worker is gone (EOF on its socket, pidfd, or we killed it): account for it."""
         if w.dead:
             return
+        if w.sock is not None and w.reader is not None:
+            w.exiting = True
+            self._read_last_frames(w)
         w.dead = True
         if w.pidfd is not None:
             self._selector.unregister(w.pidfd)
@@ -994,6 +1087,8 @@ class Pool:
                     pass
                 w.sock.close()
                 w.sock = None
+        if w.reader is not None:
+            w.reader.close()  # descriptors of frames nobody will read
         try:
             rc = w.popen.wait(timeout=2.0)
         except subprocess.TimeoutExpired:
@@ -1021,6 +1116,9 @@ class Pool:
                 item.worker = None
                 if item.cancel_requested or item.stop_requested:
                     outcome = "cancel"
+                elif item.undelivered and self.broken is None:
+                    item._payload = None
+                    self._ready.appendleft(item)  # it never ran: no attempt is spent
                 else:
                     exc, retryable = self._exit_error(w, item, rc)
                     if retryable and item.attempts < self.retries and self.broken is None:
@@ -1032,9 +1130,15 @@ class Pool:
                         outcome = exc
                     self._keep_logs = True
             elif not w.ready and w.kill_reason is None and not self._shutdown:
-                self._start_failures += 1
+                if -rc in _OUTSIDE_KILLS:
+                    self._start_kills += 1
+                else:
+                    self._start_failures += 1
                 self._keep_logs = True
-            start_failed = self._start_failures >= _MAX_START_FAILURES
+            start_failed = (
+                self._start_failures >= _MAX_START_FAILURES
+                or self._start_kills >= _MAX_START_KILLS
+            )
             assignments = self._assign_locked()
             spawn = self._spawn_needed_locked() and not start_failed
         if start_failed:
@@ -1051,6 +1155,17 @@ class Pool:
         elif isinstance(outcome, BaseException):
             item.release()
             _set_exception(item.future, outcome)
+
+    def _read_last_frames(self, w: WorkerHandle) -> None:
+        """Handle what a dead worker sent before dying: its pidfd may be seen before
+        its socket, and a RESULT already sent must not turn into a crash (or a re-run)."""
+        try:
+            w.sock.setblocking(False)
+            while w.reader.feed_from(w.sock):
+                pass
+        except OSError:  # BlockingIOError: nothing more; anything else: it is gone
+            pass
+        self._frames(w)
 
     @staticmethod
     def _exit_text(rc: int) -> str:
@@ -1076,16 +1191,23 @@ class Pool:
         who = w.describe()
         if cls is WorkerCrashedError or cls is None:  # died by itself (or quiet kill)
             msg = f"{who} {self._exit_text(rc)} while running {item.label}"
-            return WorkerCrashedError(msg + self._tail(w)), True
+            return self._with_exit(WorkerCrashedError(msg + self._tail(w)), w, rc), True
         if cls is BrokenProcessPool:
             exc = BrokenProcessPool(why)
             exc.__cause__ = self._broken_cause
             return exc, False
         msg = f"{who} was killed while running {item.label}: {why}"
-        return cls(msg + self._tail(w)), cls is WorkerHungError
+        return self._with_exit(cls(msg + self._tail(w)), w, rc), cls is WorkerHungError
+
+    @staticmethod
+    def _with_exit(exc: WorkerCrashedError, w: WorkerHandle, rc: int) -> WorkerCrashedError:
+        exc.exitcode, exc.pid, exc.stderr_tail = rc, w.pid, tuple(w.err_tail or ())
+        return exc
 
     def _check_timers(self) -> float:
         """Enforce every deadline; return how long the selector may sleep."""
+        if self.segments is not None:
+            self.segments.trim()
         now = time.monotonic()
         nearest = now + _MAX_SELECT
         for conn, (_, _, since) in list(self._handshakes.items()):
@@ -1136,7 +1258,12 @@ class Pool:
             if self.max_memory is not None:
                 if now >= w.next_memory_check:
                     rss = self._rss(w)
-                    if rss > self.max_memory:
+                    over = rss > self.max_memory and not _has_input(w.sock)
+                    # A task is killed when it stays over the cap for a whole check
+                    # interval: one that crosses the cap just before it returns (a
+                    # leak) stands, and its worker is recycled after it.
+                    w.memory_strikes = w.memory_strikes + 1 if over else 0
+                    if w.memory_strikes >= 2:
                         self._kill(
                             w,
                             (
@@ -1146,7 +1273,7 @@ class Pool:
                             ),
                         )
                         continue
-                    w.next_memory_check = now + 0.1
+                    w.next_memory_check = now + MEMORY_CHECK_INTERVAL
                 nearest = min(nearest, w.next_memory_check)
         return max(0.0, nearest - time.monotonic())
 
@@ -1191,6 +1318,8 @@ class Pool:
 
     def _close(self) -> None:
         _live_pools.discard(self)
+        if self.segments is not None:
+            self.segments.close()
         for _, done in list(self._calls):
             done.set()
         for conn in list(self._handshakes):
@@ -1233,6 +1362,16 @@ def _set_result(fut, value) -> None:
             pass
 
 
+def _has_input(sock) -> bool:
+    """Whether a frame from this worker is waiting to be read."""
+    if sock is None:
+        return False
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
+
+
 def _set_exception(fut, exc: BaseException) -> None:
     if not fut.done():
         try:
@@ -1251,12 +1390,18 @@ def _python_exit() -> None:
     """At interpreter exit (before atexit callbacks): refuse new work, finish what runs.
 
     Like CPython's concurrent.futures.process._python_exit: a pool nobody shut
-    down still completes its submitted tasks before the interpreter goes.
+    down still completes its submitted tasks before the interpreter goes. Except
+    when a script is ending on an uncaught Ctrl-C (KeyboardInterrupt): then
+    queued work is cancelled and running tasks are stopped, as `shutdown(
+    cancel_futures=True)` does, instead of keeping the user waiting.
     """
     global _global_shutdown
     _global_shutdown = True
+    interrupted = not hasattr(sys, "ps1") and isinstance(
+        getattr(sys, "last_value", None), KeyboardInterrupt
+    )
     for pool in list(_live_pools):
-        pool.shutdown(wait=True)
+        pool.shutdown(wait=True, cancel_futures=interrupted)
 
 
 try:

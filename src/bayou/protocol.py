@@ -9,13 +9,17 @@ in `bayou.worker.wire`; this module adds what only the caller does:
   HMAC handshake, written as steps so the pool's selector loop drives it
   without blocking.
 * `TaskEncoder`: pickles a task's function and arguments for one target
-  environment. Functions and classes that cloudpickle would send *by value*
+  environment, with pickle protocol 5: big buffers (numpy arrays and the
+  like) are kept out of band and given to `stage_buffers`, which puts them in
+  a shared-memory segment (`bayou.shm`) or, when small, inline in the frame. Functions and classes that cloudpickle would send *by value*
   (lambdas, nested functions, anything from `__main__`) are bytecode and only
   work between identical Python X.Y; for a worker of another X.Y the encoder
   refuses them up front with a `PicklingError` naming the object, both
   versions and the fix. Objects sent *by reference* record the directory
   their module was imported from when it is the caller's own code (not the
   stdlib, not site-packages), so the worker can import it too.
+* `encode_task` / `result_buffers`: the TASK envelope (`wire.pack`) and the
+  views of a RESULT's out-of-band buffers, wherever they are.
 * `loads` / `rebuild_exception`: results and remote exceptions back into
   objects. A remote exception is re-raised as its own type when it unpickles
   here, else as `RemoteError`; either way its `__cause__` carries the remote
@@ -37,13 +41,15 @@ import sysconfig
 import tempfile
 import time
 import types
+import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures.process import _RemoteTraceback
 from typing import Any
 
 import cloudpickle
 
-from . import errors
+from . import errors, shm
+from .worker import shm as worker_shm
 from .worker import wire
 
 PICKLE_PROTOCOL = 5
@@ -126,10 +132,21 @@ def challenge(sock: socket.socket) -> bytes:
     return nonce
 
 
+class _BuiltinsOnly(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed before authentication")
+
+
 def accept_auth(key: bytes, nonce: bytes, payload: bytes) -> tuple[bytes, int, dict]:
-    """Check a worker's AUTH frame; (worker nonce, worker id, info) or ValueError."""
+    """Check a worker's AUTH frame; (worker nonce, worker id, info) or ValueError.
+
+    The frame comes from a peer not yet authenticated, so its pickle may hold
+    builtin values only: no class or function is looked up (nothing runs).
+    """
     try:
-        answer, worker_nonce, worker_id, info = pickle.loads(payload)
+        answer, worker_nonce, worker_id, info = _BuiltinsOnly(io.BytesIO(payload)).load()
+        if not isinstance(answer, bytes) or not isinstance(info, dict):
+            raise TypeError
     except Exception:
         raise ValueError("malformed AUTH frame")
     if not wire.verify(key, nonce, answer):
@@ -204,8 +221,8 @@ class _ByValueError(Exception):
 class _EnvPickler(cloudpickle.Pickler):
     """cloudpickle for a foreign environment: notes roots, guards bytecode."""
 
-    def __init__(self, file, target_xy: tuple[int, int]) -> None:
-        super().__init__(file, protocol=PICKLE_PROTOCOL)
+    def __init__(self, file, target_xy: tuple[int, int], buffer_callback=None) -> None:
+        super().__init__(file, protocol=PICKLE_PROTOCOL, buffer_callback=buffer_callback)
         self.target_xy = target_xy
         self.roots: set[str] = set()
 
@@ -241,17 +258,32 @@ class TaskEncoder:
     def __init__(self, target_xy: tuple[int, int], *, foreign: bool) -> None:
         self.target_xy = tuple(target_xy)
         self.foreign = foreign
+        # records of module-level functions (pickled by reference: module and name
+        # only, so they cannot go stale), to skip a cloudpickle per submit
+        self._by_reference: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def dumps(self, obj: Any) -> tuple[bytes, frozenset[str]]:
-        """(pickle, module roots); `_ByValueError` or the pickling error on failure."""
+    def dumps(self, obj: Any, buffers: list | None = None) -> tuple[bytes, frozenset[str]]:
+        """(pickle, module roots); `_ByValueError` or the pickling error on failure.
+
+        With a `buffers` list, big pickle buffers are left out of band and
+        appended to it (`worker.shm.collector`): the pickle needs them to load.
+        """
+        callback = None if buffers is None else worker_shm.collector(buffers)
         if not self.foreign:
-            return cloudpickle.dumps(obj, protocol=PICKLE_PROTOCOL), frozenset()
+            return (
+                cloudpickle.dumps(obj, protocol=PICKLE_PROTOCOL, buffer_callback=callback),
+                frozenset(),
+            )
         buf = io.BytesIO()
-        pickler = _EnvPickler(buf, self.target_xy)
+        pickler = _EnvPickler(buf, self.target_xy, callback)
         pickler.dump(obj)
         return buf.getvalue(), frozenset(pickler.roots)
 
     def function(self, fn: Callable) -> tuple[tuple, frozenset[str]]:
+        try:
+            return self._by_reference[fn]
+        except (KeyError, TypeError):  # not seen yet, or not weakly referenceable
+            pass
         try:
             blob, roots = self.dumps(fn)
         except _ByValueError as exc:
@@ -260,17 +292,26 @@ class TaskEncoder:
             raise errors.PicklingError(
                 f"cannot pickle the function {_describe(fn)}: {type(exc).__name__}: {exc}"
             ) from exc
-        return (wire.FN_PICKLED, blob), roots
+        record = (wire.FN_PICKLED, blob), roots
+        if type(fn) is types.FunctionType and cloudpickle.cloudpickle._should_pickle_by_reference(
+            fn
+        ):
+            self._by_reference[fn] = record
+        return record
 
-    def call_args(self, fn: Callable, args: tuple, kwargs: dict) -> tuple[bytes, frozenset]:
+    def call_args(
+        self, fn: Callable, args: tuple, kwargs: dict, buffers: list | None = None
+    ) -> tuple[bytes, frozenset]:
         try:
-            return self.dumps((args, kwargs))
+            return self.dumps((args, kwargs), buffers)
         except Exception as exc:
             raise self._args_error(fn, exc, list(enumerate(args)), kwargs) from _cause(exc)
 
-    def chunk_args(self, fn: Callable, chunk: list) -> tuple[bytes, frozenset]:
+    def chunk_args(
+        self, fn: Callable, chunk: list, buffers: list | None = None
+    ) -> tuple[bytes, frozenset]:
         try:
-            return self.dumps(chunk)
+            return self.dumps(chunk, buffers)
         except Exception as exc:
             items = [(i, a) for i, args in enumerate(chunk) for a in args]
             raise self._args_error(fn, exc, items, {}) from _cause(exc)
@@ -296,12 +337,130 @@ def _cause(exc: BaseException) -> BaseException | None:
     return None if isinstance(exc, _ByValueError) else exc
 
 
+class OutOfBand:
+    """Where a task's out-of-band argument buffers wait: a leased segment, or inline copies.
+
+    Made at submit time (`stage_buffers`), so the caller's arrays are copied
+    once, then and there; `release` ends the segments' leases when the task
+    is settled.
+    """
+
+    __slots__ = ("inline", "places", "size", "segment", "reply", "segments", "private")
+
+    def __init__(self) -> None:
+        self.private = False  # the worker maps the args copy-on-write (a retry resends them)
+        self.inline: list[bytes] = []
+        self.places: tuple = ()
+        self.size = 0
+        self.segment: shm.Segment | None = None
+        self.reply: shm.Segment | None = None
+        self.segments: shm.SegmentPool | None = None
+
+    def sent(self) -> None:
+        """The TASK went to a worker: it may map the segments from now on."""
+        for seg in (self.segment, self.reply):
+            if seg is not None:
+                seg.in_worker = True
+
+    def take_reply(self) -> shm.Segment | None:
+        """Hand the reply segment over to the result that was written into it."""
+        seg, self.reply = self.reply, None
+        return seg
+
+    def release(self) -> None:
+        segments = self.segments
+        for seg in (self.segment, self.reply):
+            if seg is not None and segments is not None:
+                segments.settle(seg)
+        self.segment = self.reply = None
+        self.inline = []
+
+
+def stage_buffers(
+    buffers: list, segments: shm.SegmentPool | None, *, private: bool = False
+) -> OutOfBand | None:
+    """Copy the out-of-band `buffers` of a task's arguments to where they will wait.
+
+    The worker maps a segment shared (populated at once: fast) and writes
+    of the task's code reach it; that is harmless as the caller never reads
+    it again, unless the task may be sent again (`retries`): then `private`
+    (copy-on-write, slower) keeps the segment as the caller wrote it.
+    """
+    if not buffers:
+        return None
+    oob = OutOfBand()
+    oob.private = private
+    total = worker_shm.total(buffers)
+    if segments is not None and total >= shm.THRESHOLD:
+        staged = segments.stage(buffers)
+        if staged is not None:
+            oob.segment, oob.places, oob.size = staged
+            oob.segments = segments
+            oob.reply = segments.acquire(oob.size)
+            return oob
+    oob.inline = [bytes(b) for b in buffers]
+    return oob
+
+
 def encode_task(
-    task_id: int, call_kind: int, fn_record: tuple, args_blob: bytes, roots: Iterable[str]
-) -> bytes:
-    return pickle.dumps(
-        (task_id, call_kind, fn_record, args_blob, tuple(sorted(roots))), PICKLE_PROTOCOL
-    )
+    task_id: int,
+    call_kind: int,
+    fn_record: tuple,
+    args_blob: bytes,
+    roots: Iterable[str],
+    oob: OutOfBand | None = None,
+) -> tuple[list, list[int]]:
+    """(payload parts, descriptors) of a TASK: the envelope `worker.main` unpacks."""
+    desc = reply = None
+    inline: list = []
+    places: tuple = ()
+    fds: list[int] = []
+    if oob is not None:
+        if oob.segment is not None:
+            desc = (wire.OOB_FD, oob.places, oob.size, oob.segment.id, oob.private)
+            fds.append(oob.segment.fd)
+            if oob.reply is not None:
+                reply = oob.reply.size
+                fds.append(oob.reply.fd)
+        else:
+            inline = oob.inline
+            places = wire.layout(len(args_blob), [len(b) for b in inline])
+            desc = (wire.OOB_INLINE, places)
+    meta = (task_id, call_kind, fn_record, tuple(sorted(roots)), len(args_blob), desc, reply)
+    return wire.pack(meta, args_blob, inline, places), fds
+
+
+def result_buffers(
+    payload: bytearray,
+    body: int,
+    desc: tuple | None,
+    fds: list[int],
+    reply: shm.Segment | None,
+    segments: shm.SegmentPool | None,
+) -> list[memoryview] | None:
+    """Views of a RESULT's out-of-band buffers, wherever the worker put them.
+
+    A segment of the worker's own is mapped and its descriptor closed; the
+    mapping lives as long as the result objects that view it.
+    """
+    if desc is None:
+        return None
+    where = desc[0]
+    if where == wire.OOB_INLINE:
+        return wire.inline_views(payload, body, desc[1])
+    if where == wire.OOB_FD:
+        if not fds:
+            raise OSError("protocol error: a RESULT's segment is missing")
+        wire.close_fds(fds[1:])
+        if segments is None:
+            try:
+                return worker_shm.map_views(fds[0], desc[2], desc[1], False)
+            finally:
+                wire.close_fds(fds[:1])
+        return segments.map_foreign(fds[0], desc[2], desc[1])
+    if where == wire.OOB_REPLY and reply is not None and segments is not None:
+        return segments.map_reply(reply, desc[2], desc[1])
+    raise OSError(f"protocol error: RESULT buffers in {where!r}")
 
 
 # -- decoding results ---------------------------------------------------------
@@ -314,10 +473,17 @@ class _Unpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def loads(data: bytes) -> Any:
-    if _VENDOR_PREFIX.encode() not in data:
-        return pickle.loads(data)
-    return _Unpickler(io.BytesIO(data)).load()
+_VENDOR_TOKEN = _VENDOR_PREFIX.encode()
+
+
+def loads(data, start: int = 0, end: int | None = None, buffers=None) -> Any:
+    """Unpickle `data[start:end]` (bytes or bytearray) without copying it."""
+    if end is None:
+        end = len(data)
+    view = memoryview(data)[start:end] if start or end != len(data) else data
+    if data.find(_VENDOR_TOKEN, start, end) < 0:
+        return pickle.loads(view, buffers=buffers)
+    return _Unpickler(io.BytesIO(view), buffers=buffers).load()
 
 
 def _rebuild_traceback(tb_dict: dict | None) -> types.TracebackType | None:

@@ -11,6 +11,11 @@ reference (module, qualname, file) that is imported here; `roots` are
 directories of the caller's own modules, appended to `sys.path` so the
 environment's packages keep precedence.
 
+Arguments and results use pickle protocol 5: big buffers stay out of band
+(`shm.collector`) and are passed to `loads` as views of wherever they
+arrived (a shared-memory mapping, or the frame itself), so they are never
+copied into a pickle and out of it again.
+
 Exceptions become an *error record*: type name, message, formatted traceback,
 the traceback as a tblib dict (rebuilt into real frames by the caller) and
 the pickled exception when it can be pickled.
@@ -26,7 +31,7 @@ import pickle
 import sys
 import traceback
 
-from . import wire
+from . import shm, wire
 
 PROTOCOL = min(5, pickle.HIGHEST_PROTOCOL)
 _VENDOR_CP = "_bayou_vendor_cloudpickle"
@@ -49,14 +54,21 @@ class _Unpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def loads(data):
-    if b"cloudpickle" not in data:
-        return pickle.loads(data)
-    return _Unpickler(io.BytesIO(data)).load()
+def loads(data, start=0, end=None, buffers=None):
+    """Unpickle ``data[start:end]`` (bytes or bytearray) without copying it."""
+    if end is None:
+        end = len(data)
+    view = memoryview(data)[start:end] if start or end != len(data) else data
+    if data.find(b"cloudpickle", start, end) < 0:
+        return pickle.loads(view, buffers=buffers)
+    return _Unpickler(io.BytesIO(view), buffers=buffers).load()
 
 
-def dumps(obj) -> bytes:
-    return cloudpickle().dumps(obj, protocol=PROTOCOL)
+def dumps(obj, buffers=None) -> bytes:
+    """Pickle `obj`; with a `buffers` list, its big buffers go there, out of band."""
+    if buffers is None:
+        return cloudpickle().dumps(obj, protocol=PROTOCOL)
+    return cloudpickle().dumps(obj, protocol=PROTOCOL, buffer_callback=shm.collector(buffers))
 
 
 def add_roots(roots) -> None:

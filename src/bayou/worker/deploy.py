@@ -149,3 +149,66 @@ def _publish(parent: Path, name: str, files) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# -- debugpy for debug workers (EnvExecutor(..., debug=True)) ------------------------
+
+
+def ensure_debugpy(root=None) -> Path:
+    """A directory holding the caller's debugpy package, to append to a debug worker's path.
+
+    debugpy is not vendored under a private name (it imports itself and its
+    bundled pydevd by their own names), so it gets a directory of its own
+    that holds nothing else: ``<root>/debugpy/<version>-<digest>/debugpy``,
+    hard-linked (else copied) from the caller's installation once per
+    distinct installation. The env is never modified.
+    """
+    spec = importlib.util.find_spec("debugpy")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "debug=True needs the debugpy package where bayou runs (not in the env): "
+            "pip install debugpy"
+        )
+    package = Path(list(spec.submodule_search_locations)[0]).resolve()
+    root = Path(root) if root is not None else default_root()
+    key = ("debugpy", str(root), str(package))
+    with _lock:
+        found = _cache.get(key)
+        if found is not None and (found / _COMPLETE).exists():
+            return found
+        files = [
+            p for p in sorted(package.rglob("*")) if p.is_file() and "__pycache__" not in p.parts
+        ]
+        h = hashlib.sha256(str(package).encode())
+        for p in files:
+            st = p.stat()
+            h.update(f"{p.relative_to(package)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        version = "unknown"
+        version_file = package / "_version.py"
+        if version_file.is_file():
+            match = re.search(r'"version":\s*"([^"]+)"', version_file.read_text("utf-8"))
+            version = match.group(1) if match else version
+        parent = root / "debugpy"
+        target = parent / f"{version}-{h.hexdigest()[:16]}"
+        if not (target / _COMPLETE).exists():
+            parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".debugpy-", dir=parent))
+            try:
+                for p in files:
+                    out = tmp / "debugpy" / p.relative_to(package)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        os.link(p, out)
+                    except OSError:
+                        shutil.copy2(p, out)
+                (tmp / _COMPLETE).write_text("ok\n")
+                try:
+                    os.rename(tmp, target)
+                except OSError:
+                    if not (target / _COMPLETE).exists():
+                        raise
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+        _cache[key] = target
+        return target

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 
-from . import codec, context, wire
+from . import codec, context, shm, wire
 
 TICK = 0.1
 
@@ -48,9 +48,9 @@ class Channel:
         self.read_lock = threading.Lock()
         self.stash = collections.deque()
 
-    def send(self, kind, payload=b"") -> None:
+    def send(self, kind, payload=b"", fds=()) -> None:
         with self.send_lock:
-            wire.send_frame(self.sock, kind, payload)
+            wire.send_frame(self.sock, kind, payload, fds)
 
     def recv(self):
         with self.read_lock:
@@ -168,57 +168,199 @@ def _configure(config, runtime_dir) -> None:
         import multiprocessing.process
 
         multiprocessing.process.current_process().authkey = authkey
+    if config.get("debug"):
+        # EnvExecutor(debug=True): listen with the caller's debugpy before READY
+        from . import debughook
+
+        debughook.start(config["debug"])
 
 
-def _run_task(channel, payload) -> None:
-    """Run one task and send its RESULT; no reference to its arguments or result survives."""
-    status, data = _call(payload)
-    task_id = payload[0]
-    if status == wire.OK:
-        message = pickle.dumps((task_id, status, data), codec.PROTOCOL)
-    else:
-        message = pickle.dumps((task_id, status, data), 4)
-    del data
-    channel.send(wire.RESULT, message)
+_released = []  # ids of the caller's args segments no longer mapped here (weakref callbacks)
+_segment_name = "bayou"
 
 
-def _call(payload):
-    """(status, data) for a decoded TASK; everything the call made is dropped on return."""
-    task_id, call_kind, fn_record, args_blob, roots = payload
+_WORKER_PID = os.getpid()
+
+
+def _leave_if_forked(status) -> None:
+    """A process the task forked has returned (or raised) out of the task: it must not
+    answer, nor read the next TASK from the worker's socket it shares. It exits here."""
+    if os.getpid() == _WORKER_PID:
+        return
+    try:
+        sys.stderr.write(
+            "bayou: process %d, forked by a task, left the task instead of exiting; "
+            "it exits now (os._exit)\n" % os.getpid()
+        )
+        sys.stderr.flush()
+    finally:
+        os._exit(0 if status == wire.OK else 1)
+
+
+def _run_task(channel, frame) -> None:
+    """Run one TASK frame (a one-item list, emptied here) and send exactly one RESULT.
+
+    No reference to the task's payload, arguments or result survives: the
+    payload is dropped once the arguments are loaded, the result once it is
+    sent, so an idle worker holds none of a big task's data.
+    """
+    task_id, reply_fd, reply_size, status, blob, buffers, seconds = _call(frame)
+    _leave_if_forked(status)
+    try:
+        desc, fds, inline, places = _place_result(blob, buffers, reply_fd, reply_size)
+    finally:
+        if reply_fd is not None:  # before the RESULT: the caller may reuse it at once
+            wire.close_fds([reply_fd])
+    del buffers  # what was copied to shared memory is no longer needed here
+    released = tuple(_released)
+    del _released[: len(released)]
+    meta = (task_id, status, len(blob), desc, released, seconds)
+    parts = wire.pack(meta, blob, inline, places)
+    del blob, inline
+    try:
+        channel.send(wire.RESULT_FDS if fds else wire.RESULT, parts, fds)
+    finally:
+        wire.close_fds(fds)
+
+
+def _place_result(blob, buffers, reply_fd, reply_size):
+    """(oob description, descriptors, inline buffers, inline places) for a result's buffers."""
+    if not buffers:
+        return None, [], (), ()
+    if shm.ENABLED and shm.total(buffers) >= shm.THRESHOLD:
+        try:
+            places, size = shm.layout([b.nbytes for b in buffers])
+            if reply_fd is not None and size <= reply_size:
+                shm.write_at(reply_fd, buffers, places)
+                return (wire.OOB_REPLY, places, size), [], (), ()
+            fd, places, size = shm.write_fresh(_segment_name, buffers)
+            return (wire.OOB_FD, places, size), [fd], (), ()
+        except OSError:
+            pass  # no shared memory to be had: send them inline
+    places = wire.layout(len(blob), [b.nbytes for b in buffers])
+    return (wire.OOB_INLINE, places), [], buffers, places
+
+
+def _arg_buffers(payload, body, desc, fds):
+    if desc is None:
+        return None
+    if desc[0] == wire.OOB_INLINE:
+        return wire.inline_views(payload, body, desc[1])
+    _, places, size, seg_id, private = desc
+    return shm.map_views(fds[0], size, places, private, lambda: _released.append(seg_id))
+
+
+def _call(frame):
+    """(task id, reply fd, reply size, status, blob, out-of-band buffers, seconds) for a
+    TASK frame; seconds is how long the call itself took (map sizes its batches by it).
+
+    Everything the call made is dropped on return but the pickled outcome.
+    """
+    kind, payload = frame.pop()
+    fds = ()
+    if kind == wire.TASK_FDS:
+        payload, fds = payload
+    meta, body = wire.unpack(payload)
+    task_id, call_kind, fn_record, roots, args_len, desc, reply = meta
+    reply_fd = fds[1] if reply is not None and len(fds) > 1 else None
+    wire.close_fds(fds[2:] if reply_fd is not None else fds[1:])
     context.begin(task_id)
     try:
         try:
-            if roots:
-                codec.add_roots(roots)
-            fn = codec.resolve(fn_record)
-            args = codec.loads(args_blob)
+            try:
+                if roots:
+                    codec.add_roots(roots)
+                fn = codec.resolve(fn_record)
+                buffers = _arg_buffers(payload, body, desc, fds)
+                args = codec.loads(payload, body, body + args_len, buffers)
+            finally:
+                if fds:
+                    wire.close_fds(fds[:1])
+                payload = buffers = None
         except BaseException as exc:
-            return wire.LOAD_FAILED, codec.error_record(exc, skip=1)
+            return _error(task_id, reply_fd, reply, wire.LOAD_FAILED, exc, 1)
+        start = time.perf_counter()
         try:
             if call_kind == wire.CALL:
                 result = fn(*args[0], **args[1])
+            elif call_kind == wire.ITEMS:
+                result = _items(fn, args)
             else:
                 result = [fn(*a) for a in args]
         except BaseException as exc:
-            return wire.RAISED, codec.error_record(exc, skip=1)
+            return _error(task_id, reply_fd, reply, wire.RAISED, exc, 1, start)
         finally:
             del fn, args
+        seconds = time.perf_counter() - start
+        out = []
         try:
-            return wire.OK, codec.dumps(result)
+            return task_id, reply_fd, reply, wire.OK, codec.dumps(result, out), out, seconds
         except Exception as exc:
+            if call_kind == wire.ITEMS:
+                result = _items_picklable(result)
+                if result is not None:
+                    out = []
+                    blob = codec.dumps(result, out)
+                    return task_id, reply_fd, reply, wire.OK, blob, out, seconds
             note = "result of type %s" % codec.type_name(type(result))
-            return wire.RESULT_UNPICKLABLE, codec.error_record(exc, note=note)
+            record = _dump_record(codec.error_record(exc, note=note))
+            return task_id, reply_fd, reply, wire.RESULT_UNPICKLABLE, record, None, seconds
         except BaseException as exc:
-            return wire.RAISED, codec.error_record(exc)
+            return _error(task_id, reply_fd, reply, wire.RAISED, exc, 0, start)
         finally:
-            del result
+            del result, out
     finally:
         context.end()
 
 
+def _error(task_id, reply_fd, reply, status, exc, skip, start=None):
+    seconds = None if start is None else time.perf_counter() - start
+    record = codec.error_record(exc, skip=skip)
+    return task_id, reply_fd, reply, status, _dump_record(record), None, seconds
+
+
+def _dump_record(record):
+    """Pickle an error record; a traceback too deep to pickle (nested recursion) is
+    sent as text only, so the caller still gets the error rather than a crash."""
+    try:
+        return pickle.dumps(record, 4)
+    except RecursionError:
+        record = dict(record, tb=None)
+    try:
+        return pickle.dumps(record, 4)
+    except RecursionError:
+        return pickle.dumps(dict(record, exc=None), 4)
+
+
+def _items(fn, args):
+    """An ITEMS batch: (values, None), or the values before the first call that raised
+    and (status, error record) of that call."""
+    values = []
+    for a in args:
+        try:
+            values.append(fn(*a))
+        except BaseException as exc:
+            return values, (wire.RAISED, codec.error_record(exc, skip=1))
+    return values, None
+
+
+def _items_picklable(result):
+    """An ITEMS result that failed to pickle: cut it at the first value that cannot be."""
+    values, _ = result
+    for k, value in enumerate(values):
+        try:
+            codec.dumps(value)
+        except Exception as exc:
+            note = "result of type %s" % codec.type_name(type(value))
+            return values[:k], (wire.RESULT_UNPICKLABLE, codec.error_record(exc, note=note))
+    return None
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    global _segment_name
     runtime_dir, sock_path, worker_id, parent_pid = argv[0], argv[1], int(argv[2]), int(argv[3])
+    _segment_name = shm.segment_name(parent_pid)
     _set_pdeathsig()
     if os.getppid() != parent_pid:
         os._exit(1)
@@ -237,6 +379,10 @@ def main(argv=None) -> None:
         info, config = _handshake(channel, key, worker_id)
     except (EOFError, OSError):
         os._exit(1)
+    except RuntimeError as exc:  # the peer does not know the key: run nothing for it
+        sys.stderr.write("bayou worker: %s\n" % exc)
+        sys.stderr.flush()
+        os._exit(1)
     del key
     _configure(config, runtime_dir)
     context.install(channel.send)
@@ -252,18 +398,17 @@ def main(argv=None) -> None:
             initializer, initargs = codec.loads(config["initializer"])
             initializer(*initargs)
         except BaseException as exc:
-            channel.send(wire.INIT_FAILED, pickle.dumps(codec.error_record(exc), 4))
+            channel.send(wire.INIT_FAILED, _dump_record(codec.error_record(exc)))
             sys.stderr.flush()
             os._exit(1)
     channel.send(wire.READY, pickle.dumps(info, 4))
 
     while True:
         try:
-            kind, payload = channel.recv()
-            if kind == wire.TASK:
-                task, payload = pickle.loads(payload), None  # no pickled args kept while idle
-                _run_task(channel, task)
-                del task
+            frame = [channel.recv()]
+            kind = frame[0][0]
+            if kind == wire.TASK or kind == wire.TASK_FDS:
+                _run_task(channel, frame)  # empties `frame`: no payload kept while idle
             elif kind == wire.SHUTDOWN:
                 break
         except KeyboardInterrupt:

@@ -1,0 +1,544 @@
+"""The pool host: a detached process that owns a persistent pool's workers.
+
+Started by `bayou.persistent.client.start` as ``python -m bayou.persistent.host``
+with the caller's interpreter, its configuration (a pickle: name, store,
+the provisioned Environment, the Pool's options, the caller's sys.path) on
+stdin and a pipe on stdout on which it answers ``ready <json>`` or
+``error <text>`` once. It forks once more (so it is nobody's child and
+outlives its starter), logs to ``<store>/logs/pools/<name>/manager.log``
+(rotated; raw stdio to ``host.out``) and then:
+
+    Listener (AF_UNIX, <state>/pools/<name>/sock, authkey from the 0600 key file)
+      └─ one Session per client connection (thread + outbox writer thread)
+           hello ─▶ version check ─▶ welcome(environment, options)
+           submit(task id, call kind, fn record, args blob, roots, label)
+               ─▶ WorkItem ─▶ RelayPool (a Pool) ─▶ workers of the env
+           ◀─ running / progress / result(status, raw data) / exception / cancelled
+           cancel, info, detach
+
+Tasks arrive already encoded by the client (its `TaskEncoder`), and results
+go back undecoded (`RelayPool._complete`): the host never imports the
+caller's modules and never unpickles user objects. A client that vanishes
+without detaching has its outstanding tasks cancelled. SIGTERM (`bayou workers stop`)
+removes the entry first (no new attach), cancels queued work, stops the
+workers, tells the clients, and deletes the pool's directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+import time
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import connection
+from pathlib import Path
+from typing import Any
+
+from .. import logs, protocol
+from ..executor import BayouFuture
+from ..pool import Pool, WorkItem
+from ..store import Store
+from ..worker import wire
+from . import registry
+from .registry import version_mismatch, versions
+
+logger = logging.getLogger("bayou.persistent")
+
+ENTRY_INTERVAL = 1.0  # s between entry.json refreshes (only rewritten on change)
+PRUNE_INTERVAL = 60.0  # s between worker-log rotations
+WARMUP_TIMEOUT = 300.0
+
+
+class RelayPool(Pool):
+    """A Pool that hands results back undecoded: the client unpickles them, not the host.
+
+    `Pool._complete(item, status, data)` is where a local pool decodes a
+    result; here the result is only made portable (`portable_result`) and
+    parked on the future for its session to send.
+    """
+
+    def _complete(self, item: WorkItem, status: int, data: Any) -> None:
+        fut = item.future
+        try:
+            if item.cancel_requested:
+                fut._force_cancel()
+                return
+            fut.raw = (status, portable_result(status, data))
+            del data
+        finally:
+            item.release()
+        if not fut.done():
+            with contextlib.suppress(Exception):
+                fut.set_result(None)
+
+
+def portable_result(status: int, data: Any) -> Any:
+    """A worker's result as `Pool._complete` receives it, in a form that pickles.
+
+    OK results arrive as ``(payload, start, end, out-of-band buffers)`` (views
+    that may map shared memory): they travel as ``(pickle bytes, [buffer
+    bytes] or None)`` and `client.local_result` rebuilds the tuple. Failures
+    are error records (dicts of builtins) or, for a protocol error, an
+    exception, which travels pickled.
+    """
+    if status == wire.OK:
+        payload, start, end, buffers = data
+        blob = bytes(memoryview(payload)[start:end])
+        return blob, None if buffers is None else [bytes(b) for b in buffers]
+    if isinstance(data, BaseException):
+        return _pickle_exception(data)
+    return data
+
+
+def _pool_class(debug: bool) -> type:
+    if not debug:
+        return RelayPool
+    from ..debugging import DebugPool
+
+    return type("RelayDebugPool", (RelayPool, DebugPool), {})
+
+
+class RelayFuture(BayouFuture):
+    """The host-side future of one client task: its state changes go to the client."""
+
+    def __init__(self, session: Session, task_id: int) -> None:
+        super().__init__()
+        self.session = session
+        self.task_id = task_id
+        self.raw: tuple[int, Any] | None = None
+
+    def set_running_or_notify_cancel(self) -> bool:
+        started = super().set_running_or_notify_cancel()
+        if started:
+            self.session.post(("running", self.task_id))
+        return started
+
+
+class Session:
+    """One client connection."""
+
+    def __init__(self, host: Host, conn: connection.Connection, number: int) -> None:
+        self.host = host
+        self.conn = conn
+        self.number = number
+        self.client_pid: int | None = None
+        self.items: dict[int, WorkItem] = {}
+        self.lock = threading.Lock()
+        self.outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.closed = False
+        self.detached = False
+        self.writer: threading.Thread | None = None
+
+    def post(self, message: tuple) -> None:
+        if not self.closed:
+            self.outbox.put(message)
+
+    def _writer(self) -> None:
+        while True:
+            message = self.outbox.get()
+            if message is None:
+                break
+            try:
+                self.conn.send(message)
+            except (OSError, ValueError, EOFError):
+                break
+        with contextlib.suppress(OSError):
+            self.conn.close()
+
+    def run(self) -> None:
+        try:
+            if not self._authenticate():
+                return
+            self.writer = threading.Thread(
+                target=self._writer, name="bayou-host-writer", daemon=True
+            )
+            self.writer.start()
+            while True:
+                try:
+                    message = self.conn.recv()
+                except (EOFError, OSError):
+                    break
+                if not self._handle(message):
+                    break
+        finally:
+            self._end()
+
+    def _authenticate(self) -> bool:
+        key = self.host.key
+        try:
+            connection.deliver_challenge(self.conn, key)
+            connection.answer_challenge(self.conn, key)
+            kind, hello = self.conn.recv()
+        except (connection.AuthenticationError, EOFError, OSError, ValueError, TypeError):
+            logger.warning("rejected a connection that failed authentication")
+            with contextlib.suppress(OSError):
+                self.conn.close()
+            return False
+        mine = versions()
+        theirs = {k: hello.get(k) for k in mine}
+        self.client_pid = hello.get("pid")
+        if kind != "hello" or theirs != mine:
+            text = version_mismatch(self.host.name, mine, theirs, self.host.pid)
+            logger.warning("refused client pid %s: %s", self.client_pid, text)
+            with contextlib.suppress(OSError):
+                self.conn.send(("refused", text))
+                self.conn.close()
+            return False
+        self.conn.send(("welcome", self.host.welcome()))
+        logger.info("client pid %s attached (session %d)", self.client_pid, self.number)
+        return True
+
+    def _handle(self, message: tuple) -> bool:
+        kind = message[0]
+        if kind == "submit":
+            self._submit(*message[1:])
+        elif kind == "cancel":
+            _, task_id, grace = message
+            with self.lock:
+                item = self.items.get(task_id)
+            if item is not None:
+                self.host.pool.cancel(item, grace)
+        elif kind == "info":
+            self.post(("info", self.host.info()))
+        elif kind == "detach":
+            self.detached = True
+            return False
+        return True
+
+    def _submit(self, task_id, call_kind, fn_record, args_blob, roots, label, buffers) -> None:
+        fut = RelayFuture(self, task_id)
+        pool = self.host.pool
+        item = WorkItem(
+            future=fut,
+            call_kind=call_kind,
+            fn_record=fn_record,
+            args_blob=args_blob,
+            roots=frozenset(roots),
+            label=label,
+        )
+        with self.lock:
+            self.items[task_id] = item
+        fut.add_progress_callback(
+            lambda f, p: self.post(("progress", task_id, p.done, p.total, p.message))
+        )
+        fut.add_done_callback(self._done)
+        try:
+            if buffers:  # the client's big argument buffers: into our shared memory
+                item.oob = protocol.stage_buffers(buffers, pool.segments, private=pool.retries > 0)
+            pool.submit(item)
+        except BaseException as exc:
+            item.release()
+            error = exc
+            if self.host.stop_event.is_set():  # raced with a stop: say so, not "shutdown"
+                error = BrokenProcessPool(
+                    f"the persistent pool {self.host.name!r} was stopped ({self.host.stop_reason})"
+                )
+            if not fut.done():
+                fut.set_running_or_notify_cancel()
+                fut.set_exception(error)
+
+    def _done(self, fut: RelayFuture) -> None:
+        task_id = fut.task_id
+        with self.lock:
+            self.items.pop(task_id, None)
+        self.host.count_served()
+        if fut.cancelled():
+            self.post(("cancelled", task_id))
+        elif fut.raw is not None:
+            status, data = fut.raw
+            fut.raw = None
+            self.post(("result", task_id, status, data))
+        else:
+            self.post(("exception", task_id, _pickle_exception(fut.exception())))
+
+    def _end(self) -> None:
+        with self.lock:
+            leftovers = list(self.items.values())
+        if leftovers and not self.detached:
+            logger.warning(
+                "client pid %s went away with %d task(s) outstanding: cancelling them",
+                self.client_pid,
+                len(leftovers),
+            )
+            for item in leftovers:
+                with contextlib.suppress(Exception):
+                    self.host.pool.cancel(item, 1.0)
+        if self.client_pid is not None:
+            logger.info("client pid %s detached (session %d)", self.client_pid, self.number)
+        self.closed = True
+        self.outbox.put(None)
+        self.host.forget(self)
+
+    def close(self, reason: str) -> None:
+        """Tell the client the pool is gone, and let the writer flush that (bounded wait)."""
+        self.post(("stopped", reason))
+        self.closed = True
+        self.outbox.put(None)
+        if self.writer is not None:
+            self.writer.join(2.0)
+
+
+def _pickle_exception(exc: BaseException | None) -> bytes:
+    try:
+        return pickle.dumps(exc, 4)
+    except Exception:
+        return pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"), 4)
+
+
+class Host:
+    """The pool host's state; lives in the detached process."""
+
+    def __init__(self, config: dict) -> None:
+        self.config = config
+        self.name: str = config["name"]
+        self.store = Store(config["store_root"])
+        self.pid = os.getpid()
+        self.environment = config["environment"]
+        self.directory = registry.pool_dir(self.store, self.name)
+        self.log_dir = logs.pool_log_dir(self.name, self.store)
+        self.key = b""
+        self.socket = ""
+        self.listener: connection.Listener | None = None
+        self.pool: Pool | None = None
+        self.sessions: set[Session] = set()
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.stop_reason = "stopped"
+        self.served = 0
+        self.started = time.time()
+        self._numbers = itertools.count(1)
+        self._last_entry: dict | None = None
+
+    # -- setup ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        registry.remove_pool_dir(self.directory)  # a dead predecessor's leftovers
+        self.directory.mkdir(mode=0o700)
+        os.chmod(self.directory, 0o700)
+        self.key = registry.new_key(self.directory)
+        self.socket = registry.socket_path(self.directory)
+        self.listener = connection.Listener(self.socket, family="AF_UNIX", backlog=64)
+        os.chmod(self.socket, 0o600)
+        options = dict(self.config["options"])
+        options["output"] = "logging"  # nobody's terminal to echo to: the logs have it
+        if options.get("log_dir") is None:
+            options["log_dir"] = self.log_dir / logs.WORKERS
+        cls = _pool_class(self.config.get("debug", False))
+        if self.config.get("debug"):
+            options.update(debug_id=self.name, store=self.store)
+        self.pool = cls(self.environment, **options)
+        self._warm_up()
+        if self.pool.broken:
+            raise RuntimeError(self.pool.broken)
+        self.write_entry()
+        logger.info(
+            "persistent pool %r ready: env %s (%s), %d worker(s), socket %s",
+            self.name,
+            self.environment.hash,
+            self.environment.python,
+            self.pool.max_workers,
+            self.socket,
+        )
+
+    def _warm_up(self) -> None:
+        """Start every worker now (and fail here, not in a client, if they cannot start)."""
+        futures = []
+        for _ in range(self.pool.max_workers):
+            fut = BayouFuture()
+            item = WorkItem(
+                future=fut,
+                call_kind=wire.CALL,
+                fn_record=(wire.FN_REF, "os", "getpid", None),
+                args_blob=pickle.dumps(((), {}), 4),
+                roots=frozenset(),
+                label="os.getpid (warm-up)",
+            )
+            self.pool.submit(item)
+            futures.append(fut)
+        for fut in futures:
+            fut.result(timeout=WARMUP_TIMEOUT)
+
+    # -- state shown to clients and in the registry ------------------------------------
+
+    def welcome(self) -> dict:
+        return {
+            "name": self.name,
+            "environment": self.environment,
+            "max_workers": self.pool.max_workers,
+            "host_pid": self.pid,
+            "debug": bool(self.config.get("debug")),
+            **versions(),
+        }
+
+    def info(self) -> dict:
+        data = dict(self._entry_data())
+        data["clients"] = len(self.sessions)
+        return data
+
+    def _entry_data(self) -> dict:
+        env = self.environment
+        try:
+            pids = sorted(self.pool.processes)
+        except RuntimeError:  # changed while we looked: next time
+            pids = list(self._last_entry["worker_pids"]) if self._last_entry else []
+        return {
+            "name": self.name,
+            "env_hash": env.hash,
+            "env_name": (env.record or {}).get("name")
+            or (env.record or {}).get("spec", {}).get("name"),
+            "python": str(env.python),
+            "python_version": env.python_version,
+            "prefix": str(env.prefix),
+            "max_workers": self.pool.max_workers,
+            "host_pid": self.pid,
+            "host_create_time": _create_time(),
+            "started": self.started,
+            "tasks_served": self.served,
+            "worker_pids": pids,
+            "socket": self.socket,
+            "log_dir": str(self.log_dir),
+            "debug": bool(self.config.get("debug")),
+            **{f"{k}_version": v for k, v in versions().items()},
+        }
+
+    def write_entry(self) -> None:
+        data = self._entry_data()
+        if data != self._last_entry and not self.stop_event.is_set():
+            registry.write_entry(self.directory, data)
+            self._last_entry = data
+
+    def count_served(self) -> None:
+        with self.lock:
+            self.served += 1
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        threading.Thread(target=self._accept_loop, name="bayou-host-accept", daemon=True).start()
+        next_prune = 0.0
+        while not self.stop_event.wait(ENTRY_INTERVAL):
+            if self.pool.broken:
+                self.request_stop(f"the pool broke: {self.pool.broken}")
+                break
+            if not (self.directory / registry.KEY).exists():
+                # the store was deleted (or the entry removed by hand): nobody can
+                # attach any more, so don't linger
+                self.request_stop("its registry directory was removed")
+                break
+            self.write_entry()
+            if time.monotonic() >= next_prune:
+                logs.prune_worker_logs(self.log_dir, self.pool.processes)
+                next_prune = time.monotonic() + PRUNE_INTERVAL
+
+    def _accept_loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                conn = self.listener.accept()
+            except OSError:
+                if self.stop_event.is_set():
+                    return
+                continue
+            session = Session(self, conn, next(self._numbers))
+            with self.lock:
+                self.sessions.add(session)
+            threading.Thread(target=session.run, name="bayou-host-session", daemon=True).start()
+
+    def forget(self, session: Session) -> None:
+        with self.lock:
+            self.sessions.discard(session)
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stop_event.is_set():
+            self.stop_reason = reason
+            with contextlib.suppress(OSError):
+                os.unlink(self.directory / registry.ENTRY)  # no new attach from now on
+            self.stop_event.set()
+
+    def stop(self) -> None:
+        logger.info("stopping persistent pool %r: %s", self.name, self.stop_reason)
+        with contextlib.suppress(OSError):
+            os.unlink(self.directory / registry.ENTRY)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        with self.lock:
+            sessions = list(self.sessions)
+        for session in sessions:
+            session.close(self.stop_reason)
+        if self.listener is not None:
+            with contextlib.suppress(OSError):
+                self.listener.close()
+        leftover = registry.PoolEntry(self.name, self.directory, {"socket": self.socket})
+        registry.remove_pool_dir(self.directory, leftover)
+        logger.info("persistent pool %r stopped after %d task(s)", self.name, self.served)
+
+
+def _create_time() -> float:
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+def _setup_logging(log_dir: Path) -> None:
+    root = logging.getLogger("bayou")
+    root.setLevel(logging.INFO)
+    root.addHandler(logs.manager_handler(log_dir))
+    root.propagate = False
+
+
+def _daemonize() -> None:
+    """Fork once more: the starter reaps our parent at once, we are nobody's child."""
+    if os.fork() > 0:
+        os._exit(0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def main() -> None:
+    config = pickle.load(sys.stdin.buffer)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    ready = os.dup(1)  # the starter reads one line from here
+    os.dup2(2, 1)  # print() and faulthandler go to host.out with stderr
+    sys.path[:] = config["sys_path"]
+    _daemonize()
+    os.write(ready, b"pid %d\n" % os.getpid())  # so a starter that gives up can kill us
+    host = None
+    try:
+        import faulthandler
+
+        faulthandler.enable()
+        host = Host(config)
+        _setup_logging(host.log_dir)
+        signal.signal(signal.SIGTERM, lambda *_: host.request_stop("SIGTERM"))
+        host.start()
+    except BaseException as exc:
+        logger.exception("persistent pool %r failed to start", config.get("name"))
+        message = f"error {type(exc).__name__}: {exc}".replace("\n", "\n  ")
+        with contextlib.suppress(OSError):
+            os.write(ready, message.encode() + b"\n")
+        if host is not None:
+            with contextlib.suppress(BaseException):
+                if host.pool is not None:
+                    host.pool.shutdown(wait=True, cancel_futures=True)
+            registry.remove_pool_dir(host.directory)
+        os._exit(1)
+    os.write(ready, b"ready\n")
+    os.close(ready)
+    try:
+        host.serve()
+    finally:
+        host.stop()
+        logging.shutdown()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
