@@ -12,7 +12,8 @@ What each figure is (see compare.py's docstring for the method in full):
 
 * ``RoundTrip.time_noop``: one ``submit(noop).result()`` on warm workers.
 * ``MapThroughput.time_map_10k_tiny``: ``list(map(tiny, range(10_000),
-  chunksize=...))``; throughput in tasks/s is 10 000 / this time.
+  chunksize=...))``, "default" passing none (automatic batching); throughput
+  in tasks/s is 10 000 / this time.
 * ``ArrayIdentity.time_identity``: ``submit(identity, arr).result()`` for a 1 MB
   and a 100 MB float64 array, after one untimed call.
 * ``ColdStart.time_cold_start_2_workers``: constructor until both workers have
@@ -104,11 +105,12 @@ class RoundTrip(_Warm):
 
 
 class MapThroughput(_Warm):
-    params = (ENVS, [1, 100])
+    params = (ENVS, ["default", 1, 100])
     param_names = ["env", "chunksize"]
 
-    def time_map_10k_tiny(self, env: str, chunksize: int) -> None:
-        list(self.ex.map(workloads.tiny, range(TASKS), chunksize=chunksize))
+    def time_map_10k_tiny(self, env: str, chunksize: int | str) -> None:
+        kwargs = {} if chunksize == "default" else {"chunksize": chunksize}
+        list(self.ex.map(workloads.tiny, range(TASKS), **kwargs))
 
 
 class ArrayIdentity(_Warm):

@@ -1,4 +1,4 @@
-"""Executors side by side: ProcessPoolExecutor, bayou, bayou in an env, loky.
+"""Executors side by side: ProcessPoolExecutor, bayou, bayou in an env, loky, Wetlands.
 
 One process measures every executor on the same workloads, on this machine,
 in this run, so the ratios compare like with like. The contenders:
@@ -10,13 +10,22 @@ in this run, so the ratios compare like with like. The contenders:
                  figure is for a cached env; the constructor still does the store
                  lookup); functions travel by value with bayou's cloudpickle
 * ``loky``       ``loky.ProcessPoolExecutor(2)``, when loky is importable (else skipped)
+* ``Wetlands``   a Wetlands worker pool of 2 (``environment.start(workers=2)``) over a
+                 local venv (numpy) provisioned by bayou, through a pixi stand-in
+                 (``benchmarks/wetlands_contender.py``), when wetlands is importable.
+                 Wetlands has no ``map``: Executor's default over its submit (so the
+                 chunksize rows are not measured for it), and its per-call cost makes
+                 it run fewer calls (``Contender.scale``; rates and medians stay
+                 comparable, see the notes of a run)
 
 The workloads (functions in ``benchmarks/workloads.py``; 2 workers each):
 
 1. round trip: ``submit(noop).result()`` called sequentially on warm workers;
    median and 90th percentile over all calls, in microseconds.
-2. throughput: ``list(map(tiny, range(10_000)))`` with the default chunksize
-   (1) and with ``chunksize=100``; tasks per second, median over repeats.
+2. throughput: ``list(map(tiny, range(10_000)))`` with each executor's default
+   arguments (ProcessPoolExecutor and loky: chunksize=1; bayou: automatic
+   batching, with chunksize=1's semantics), with ``chunksize=1`` and with
+   ``chunksize=100``; tasks per second, median over repeats.
 3. numpy transfer: ``submit(identity, arr).result()`` for a 1 MB and a 100 MB
    float64 array of random bytes (both directions); seconds, median over
    repeats, after one untimed call per size (first-touch heap growth in the
@@ -44,9 +53,9 @@ every column alike. All warm executors stay alive through the run; idle
 workers cost no CPU. This module imports only the stdlib at top level: spawned
 PPE workers re-import the main module, and should not pay for numpy or bayou.
 
-The ratio columns are cost ratios, bayou over PPE: time over time, memory over
-memory, and for throughput PPE tasks/s over bayou tasks/s. Below 1.00 bayou is
-better (faster, or smaller), above 1.00 PPE is.
+The ratio columns are cost ratios, each executor over PPE: time over time,
+memory over memory, and for throughput PPE tasks/s over its tasks/s. Below
+1.00 it is better (faster, or smaller) than PPE, above 1.00 PPE is.
 
     python benchmarks/compare.py            # full run, a couple of minutes
     python benchmarks/compare.py --quick    # CI smoke, well under 90 s on 2 cores
@@ -131,6 +140,7 @@ class Metric:
 METRICS = [
     Metric("latency_median", "round trip, median", "us", False, 1e6, 0),
     Metric("latency_p90", "round trip, p90", "us", False, 1e6, 0),
+    Metric("map_default", "map 10k tiny, default args", "tasks/s", True, 1.0, 0),
     Metric("map_chunk1", "map 10k tiny, chunksize=1", "tasks/s", True, 1.0, 0),
     Metric("map_chunk100", "map 10k tiny, chunksize=100", "tasks/s", True, 1.0, 0),
     Metric("array_1mb", "numpy 1 MB identity", "ms", False, 1e3, 2),
@@ -147,6 +157,9 @@ class Contender:
 
     name: str
     make: Callable[[], Executor]
+    scale: float = 1.0  # fraction of the round trips and map tasks it runs (slow contenders)
+    skip: frozenset[str] = frozenset()  # workloads it cannot run (shown as "n/a")
+    close: Callable[[], None] | None = None  # after the run
     executor: Executor | None = None
     pids: list[int] = field(default_factory=list)
     results: dict[str, float | None] = field(default_factory=dict)
@@ -166,7 +179,11 @@ class Run:
         self.notes: list[str] = []
 
     def live(self, key: str) -> list[Contender]:
-        return [c for c in self.contenders if key not in c.failed and "setup" not in c.failed]
+        return [
+            c
+            for c in self.contenders
+            if key not in c.failed and "setup" not in c.failed and key not in c.skip
+        ]
 
     def rounds(self, key: str, repeats: int) -> Iterator[list[Contender]]:
         """Round-robin order for each repeat, starting one executor later each time."""
@@ -235,9 +252,11 @@ def warm_up(c: Contender, settings: Settings, run: Run) -> None:
         pids |= {f.result(timeout=TIMEOUT)[0] for f in futures}
         if len(pids) == WORKERS:
             break
-    for _ in range(settings.latency_warmup):
+    for _ in range(max(5, int(settings.latency_warmup * c.scale))):
         ex.submit(workloads.noop).result(timeout=TIMEOUT)
-    list(ex.map(workloads.tiny, range(1000), chunksize=10, timeout=TIMEOUT))
+    list(
+        ex.map(workloads.tiny, range(max(50, int(1000 * c.scale))), chunksize=10, timeout=TIMEOUT)
+    )
     c.pids = sorted(pids)
     if len(pids) != WORKERS:
         run.notes.append(f"{c.name}: warm-up reached {len(pids)} worker(s), not {WORKERS}")
@@ -269,12 +288,14 @@ def latency(c: Contender, calls: int) -> None:
         samples.append(clock() - t0)
 
 
-def throughput(c: Contender, key: str, tasks: int, chunksize: int) -> None:
+def throughput(c: Contender, key: str, tasks: int, chunksize: int | None) -> None:
     ex = c.executor
     assert ex is not None
+    tasks = max(50, int(tasks * c.scale))
+    kwargs = {} if chunksize is None else {"chunksize": chunksize}
     gc.collect()
     t0 = time.perf_counter()
-    out = list(ex.map(workloads.tiny, range(tasks), chunksize=chunksize, timeout=TIMEOUT))
+    out = list(ex.map(workloads.tiny, range(tasks), timeout=TIMEOUT, **kwargs))
     elapsed = time.perf_counter() - t0
     if len(out) != tasks or out[-1] != tasks:
         raise RuntimeError(f"map returned {len(out)} results, last {out[-1:]}")
@@ -339,7 +360,47 @@ def contenders(run_notes: list[str]) -> tuple[list[Contender], dict[str, Any]]:
     else:
         info["loky_version"] = loky.__version__
         out.append(Contender("loky", lambda: loky.ProcessPoolExecutor(WORKERS)))
+    wetlands = wetlands_contender(run_notes, info)
+    if wetlands is not None:
+        out.append(wetlands)
     return out, info
+
+
+WETLANDS_SCALE = 0.02  # Wetlands runs 2% of the round trips and map tasks (its per-call cost)
+
+
+def wetlands_contender(run_notes: list[str], info: dict[str, Any]) -> Contender | None:
+    """Wetlands over a bayou-provisioned venv through a pixi stand-in; set up before timing."""
+    try:
+        import wetlands
+    except ImportError:
+        run_notes.append("Wetlands skipped: not importable (pip install wetlands)")
+        return None
+    import bayou
+    from benchmarks.wetlands_contender import DEBUGPY, WetlandsSetup
+
+    t0 = time.perf_counter()
+    try:
+        venv = bayou.provision(bayou.Env(pip=["numpy", DEBUGPY]))
+        root = bayou.Store().root / "bench-wetlands"
+        setup = WetlandsSetup(root, venv.python, "{}.{}".format(*sys.version_info[:2]))
+    except Exception as exc:
+        run_notes.append(f"Wetlands skipped: setting it up failed: {type(exc).__name__}: {exc}")
+        return None
+    info["wetlands_version"] = wetlands.__version__
+    run_notes.append(
+        f"Wetlands {wetlands.__version__}: env over venv {venv.hash} set up or found in "
+        f"{time.perf_counter() - t0:.2f} s before timing; it runs {WETLANDS_SCALE:.0%} of the "
+        f"round trips and map tasks; it has no map (Executor.map over its submit: the "
+        f"chunksize rows do not apply)"
+    )
+    return Contender(
+        "Wetlands",
+        lambda: setup.executor(WORKERS),
+        scale=WETLANDS_SCALE,
+        skip=frozenset({"map_chunk1", "map_chunk100"}),
+        close=setup.close,
+    )
 
 
 def measure(run: Run) -> None:
@@ -364,10 +425,11 @@ def measure(run: Run) -> None:
     blocks = 4
     for order in run.rounds("latency", blocks):
         for c in order:
-            run.guarded(c, "latency", lambda c=c: latency(c, s.latency_calls // blocks))
+            calls = max(10, int(s.latency_calls * c.scale) // blocks)
+            run.guarded(c, "latency", lambda c=c, n=calls: latency(c, n))
 
-    for key, chunksize in (("map_chunk1", 1), ("map_chunk100", 100)):
-        say(f"map chunksize={chunksize} x{s.map_repeats}")
+    for key, chunksize in (("map_default", None), ("map_chunk1", 1), ("map_chunk100", 100)):
+        say(f"map chunksize={chunksize or 'default'} x{s.map_repeats}")
         for order in run.rounds(key, s.map_repeats):
             for c in order:
                 run.guarded(
@@ -396,6 +458,8 @@ def measure(run: Run) -> None:
         if c.executor is not None:
             c.executor.shutdown(wait=True)
             c.executor = None
+        if c.close is not None:
+            run.guarded(c, "close", c.close)
 
 
 def summarise(run: Run) -> None:
@@ -412,6 +476,7 @@ def summarise(run: Run) -> None:
             else:
                 values = c.samples.get(m.key)
                 ok = values and m.key not in c.failed and "setup" not in c.failed
+                ok = ok and m.key not in c.skip
                 c.results[m.key] = statistics.median(values) if ok else None
 
 
@@ -425,14 +490,17 @@ def cost_ratio(m: Metric, ours: float | None, base: float | None) -> float | Non
 def table(run: Run) -> str:
     names = [c.name for c in run.contenders]
     by_name = {c.name: c for c in run.contenders}
-    ratio_cols = [n for n in ("bayou", "bayou-env") if n in by_name and "PPE" in by_name]
+    ratio_cols = [n for n in names if n != "PPE"] if "PPE" in by_name else []
     head = ["workload", "unit", *names, *(f"{n}/PPE" for n in ratio_cols)]
     rows = [head]
     for m in METRICS:
         row = [m.label, m.unit]
         for c in run.contenders:
             v = c.results.get(m.key)
-            row.append("failed" if v is None else f"{v * m.scale:,.{m.digits}f}")
+            if m.key in c.skip:
+                row.append("n/a")
+            else:
+                row.append("failed" if v is None else f"{v * m.scale:,.{m.digits}f}")
         for n in ratio_cols:
             r = cost_ratio(m, by_name[n].results.get(m.key), by_name["PPE"].results.get(m.key))
             row.append("-" if r is None else f"{r:.2f}")
@@ -516,8 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(table(run))
     print(
-        "\nratio columns = bayou cost / PPE cost: time/time, memory/memory, and for "
-        "throughput\nPPE tasks/s / bayou tasks/s. Below 1.00 bayou is better, above 1.00 "
+        "\nX/PPE columns = X's cost / PPE's cost: time/time, memory/memory, and for "
+        "throughput\nPPE tasks/s / X's tasks/s. Below 1.00 X is better, above 1.00 "
         "PPE is.\ncold start includes the 50 ms task (floor 50 ms); USS = unique memory "
         "per worker."
     )
