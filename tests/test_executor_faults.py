@@ -30,10 +30,13 @@ def test_one_crash_among_twenty_fails_only_that_task(how, expected, tmp_path):
                 with pytest.raises(errors.WorkerCrashedError, match=expected) as info:
                     fut.result(T)
                 assert "maybe_crash" in str(info.value)
+                assert info.value.exitcode == {"exit": 3, "kill": -9, "segv": -11}[how]
+                assert info.value.pid is not None and info.value.pid not in ex._processes
             else:
                 assert fut.result(T) == i * i
         if how == "segv":  # faulthandler's report is in the stderr tail and the log
             assert "Segmentation fault" in str(info.value)
+            assert any("Segmentation fault" in line for line in info.value.stderr_tail)
             assert f"Worker log: {tmp_path}" in str(info.value)
         assert ex.submit(basic.add, 20, 1).result(T) == 21
         assert len(ex._processes) <= 4
@@ -93,9 +96,13 @@ def test_memory_cap_kills_mid_task():
 
 
 def test_memory_cap_recycles_between_tasks():
-    # a cap below any interpreter's footprint: every worker is recycled after its task
-    with EnvExecutor(1, max_memory_per_worker=1) as ex:
-        pids = [ex.submit(basic.getpid).result(T) for _ in range(3)]
+    # each task leaves its worker over the cap (a leak): the worker is recycled after
+    # the task, which succeeds; a fresh worker is far below the cap
+    with EnvExecutor(1) as probe:
+        baseline = probe.submit(basic.rss).result(T)
+    cap = baseline + 40 * 2**20
+    with EnvExecutor(1, max_memory_per_worker=cap) as ex:
+        pids = [ex.submit(basic.keep_memory, 80 * 2**20).result(T) for _ in range(3)]
     assert len(set(pids)) == 3
 
 

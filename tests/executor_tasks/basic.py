@@ -223,3 +223,18 @@ def whoami_parent():
 
 def getenv(name):
     return os.environ.get(name)
+
+
+_KEPT = []
+
+
+def keep_memory(nbytes):
+    """Grow this worker by `nbytes` for good (a leak), then answer at once."""
+    _KEPT.append(bytearray(nbytes))
+    return os.getpid()
+
+
+def rss():
+    import psutil
+
+    return psutil.Process().memory_info().rss
