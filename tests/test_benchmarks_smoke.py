@@ -14,7 +14,13 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "script, marker", [("compare.py", "bayou/PPE"), ("provisioning.py", "ratio = bayou / plain")]
+    "script, marker",
+    [
+        ("compare.py", "bayou/PPE"),
+        ("provisioning.py", "ratio = bayou / plain"),
+        ("joblib_overhead.py", "bayou/loky"),
+        ("chaos.py", "lost"),
+    ],
 )
 def test_benchmark_script_runs_quick(script, marker, store_root):
     env = {**os.environ, "BAYOU_HOME": str(store_root)}

@@ -11,6 +11,10 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EXPECTED = {
+    "joblib_backend.py": [
+        "'2024.1-final-ish'   -> LegacyVersion (packaging 21.3)",
+        "...and the caller has packaging",
+    ],
     "quickstart.py": ["3500000 bytes is 3.5 MB", "the caller still doesn't have humanize"],
     "dask_two_envs.py": [
         "packaging 21.3: <LegacyVersion('2024.1-final-ish')>",
