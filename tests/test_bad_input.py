@@ -69,6 +69,14 @@ def test_deep_recursion_is_a_recursion_error_with_the_remote_frames(ex):
     still_works(ex)
 
 
+def test_a_builtin_exception_that_cannot_be_pickled_keeps_its_type(ex):
+    with pytest.raises(ValueError, match="bad value") as info:
+        ex.submit(bad.raise_builtin_with_unpicklable_arg).result(T)
+    assert not isinstance(info.value, errors.RemoteError)
+    assert "raise_builtin_with_unpicklable_arg" in info.value.__cause__.tb
+    still_works(ex)
+
+
 def test_a_traceback_too_deep_to_pickle_still_comes_back_as_the_error(ex):
     with pytest.raises(ValueError, match="at the bottom") as info:
         ex.submit(bad.deep_traceback, 900).result(T)

@@ -148,14 +148,7 @@ SKIPS: dict[Rule, str] = {
 }
 
 #: Cases expected to fail (pytest xfail, not strict), with the reason.
-XFAILS: dict[Rule, str] = {
-    Rule("test_thread_bomb_mitigation", (("backend", "bayou"),)): (
-        "Like loky's own xfail in this test: the task recurses until RecursionError, and "
-        "pickling that error's deep traceback in the worker itself exceeds the recursion "
-        "limit, so the worker exits and the caller gets `WorkerCrashedError` (whose message "
-        "quotes the RecursionError) instead of the RecursionError."
-    ),
-}
+XFAILS: dict[Rule, str] = {}
 
 #: Values replaced in the generated bayou cases: (rule, argument) -> (value, reason).
 OVERRIDES: dict[tuple[Rule, str], tuple[Any, str]] = {

@@ -30,6 +30,7 @@ in `bayou.worker.wire`; this module adds what only the caller does:
 
 from __future__ import annotations
 
+import builtins
 import io
 import os
 import pickle
@@ -497,6 +498,19 @@ def _rebuild_traceback(tb_dict: dict | None) -> types.TracebackType | None:
         return None
 
 
+def _builtin_exception(type_name: str, message: str) -> BaseException | None:
+    """A builtin exception that could not travel pickled (a RecursionError whose
+    pickling recursed too) is still the caller's type: rebuilt from its message."""
+    name = type_name.removeprefix("builtins.")
+    cls = None if "." in name else getattr(builtins, name, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(message)
+        except Exception:
+            return None
+    return None
+
+
 def rebuild_exception(record: dict) -> BaseException:
     """The remote exception as a local object, the remote traceback as its cause."""
     exc: BaseException | None = None
@@ -507,6 +521,8 @@ def rebuild_exception(record: dict) -> BaseException:
             exc = None
         if not isinstance(exc, BaseException):
             exc = None
+    if exc is None:
+        exc = _builtin_exception(record["type"], record["message"])
     if exc is None:
         exc = errors.RemoteError(record["type"], record["message"], record["traceback"])
     tb = _rebuild_traceback(record.get("tb"))

@@ -93,3 +93,7 @@ def deep_traceback(depth):
         return down(n - 1) + 1
 
     down(depth)
+
+
+def raise_builtin_with_unpicklable_arg():
+    raise ValueError("bad value", threading.Lock())
