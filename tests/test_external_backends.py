@@ -27,6 +27,7 @@ import bayou
 from bayou import Env, ProvisionError, SpecError
 from bayou.provision import download, external
 from bayou.provision.relocate import replace_binary
+from tests.conftest import CALLER_XY
 
 FAKE_TOOLS = Path(__file__).resolve().parent / "support" / "fake_tools"
 TOOLS = ("micromamba", "conda", "pixi")
@@ -434,3 +435,29 @@ def test_missing_checksum_file_is_an_error(store, fake_tools, release_server):
     with pytest.raises(download.ToolDownloadError, match=r"HTTP 404"):
         download.fetch_tool("pixi", store)
     assert list((store.root / "tools").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_cli_create_with_a_backend_and_doctor_lists_the_tools(
+    store_root, conda_channel, fake_tools
+):
+    import subprocess
+
+    fake_tools.install("micromamba")
+    bayou_cli = [sys.executable, "-m", "bayou.cli"]
+    environ = dict(os.environ)
+    doctor = subprocess.run([*bayou_cli, "doctor"], capture_output=True, text=True, env=environ)
+    assert doctor.returncode == 0, doctor.stderr
+    assert f"micromamba: {fake_tools.bin / 'micromamba'} (from PATH)" in doctor.stdout
+    assert "pixi: not found" in doctor.stdout
+    created = subprocess.run(
+        [*bayou_cli, "env", "create", "--conda", "bayou-demo-lib=1.0", "-c", conda_channel]
+        + ["--python", CALLER_XY, "--backend", "micromamba", "--name", "mm"],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=300,
+    )
+    assert created.returncode == 0, created.stderr
+    assert bayou.Store(store_root).resolve("mm").record["backend"] == "micromamba"
+    assert len(fake_tools.calls("micromamba")) >= 1

@@ -84,6 +84,17 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--channel", "-c", action="append", default=None, help="conda channel")
     create.add_argument("--name", help="a label shown by `env list`")
     create.add_argument("--timeout", type=float, help="give up after this many seconds")
+    create.add_argument(
+        "--backend",
+        choices=["rattler", "micromamba", "pixi", "conda"],
+        help="the tool that builds the conda part (default: $BAYOU_BACKEND or rattler)",
+    )
+    create.add_argument(
+        "--allow-download",
+        action="store_true",
+        default=None,
+        help="let bayou fetch a missing micromamba/pixi (checksum verified) into the store",
+    )
     create.set_defaults(func=cmd_create)
 
     listing = env_sub.add_parser("list", help="list built environments")
@@ -158,9 +169,15 @@ def cmd_create(args: argparse.Namespace) -> int:
         )
     else:
         raise CliError("nothing to create: give a FILE or --conda/--pip", EXIT_USAGE)
+    if args.file and args.name:
+        env = env.replace(name=args.name)
+    if args.backend:
+        env = env.replace(backend=args.backend)
     store = _store(args)
     started = time.monotonic()
-    environment = provision(env, timeout=args.timeout, store=store)
+    environment = provision(
+        env, timeout=args.timeout, store=store, allow_download=args.allow_download
+    )
     took = time.monotonic() - started
     print(
         f"{environment.hash}  {environment.prefix}  (python {environment.python_version}, "
@@ -315,6 +332,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from .provision.uv_step import uv_binary
 
     print(f"  uv binary: {uv_binary()}")
+    from .provision import external
+
+    for tool in ("micromamba", "pixi", "conda"):
+        try:
+            found = external.find_tool(tool, store, allow_download=False)
+        except ProvisionError:
+            print(f"  {tool}: not found (optional; see docs/backends.md)")
+        else:
+            print(f"  {tool}: {found.path} (from {found.source})")
+    print(f"  default backend: {os.environ.get('BAYOU_BACKEND') or 'rattler'}")
     print("python interpreters found:")
     for interp in interpreters.discover():
         print(f"  {interp.version_text:<8} {interp.path}")
