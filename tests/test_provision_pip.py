@@ -209,12 +209,16 @@ def test_ctrl_c_kills_the_build_and_leaves_the_store_as_it_was(store_root, store
         """
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not _processes_mentioning(str(store_root)) and time.monotonic() < deadline:
-        time.sleep(0.05)  # until uv is running
-    assert _processes_mentioning(str(store_root)), "the build never started"
+    server.settimeout(60)
+    try:
+        waiting, _ = server.accept()  # uv asks the index: the build is under way, stuck
+    except TimeoutError:
+        proc.kill()
+        pytest.fail("the build never reached the package index")
+    assert _processes_mentioning(str(store_root)), "no build process is running"
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
+    waiting.close()
     server.close()
     assert "interrupted" in out
     time.sleep(0.2)

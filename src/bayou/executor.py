@@ -257,6 +257,9 @@ class EnvExecutor(Executor):
             output=output,
         )
         self._pool = self._make_pool(self.environment, options, name=name, debug=debug)
+        # per-call seconds of the functions `map` batched, so the next map of one
+        # starts with batches of the right size (`_MapFeeder`)
+        self._call_seconds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._finalizer = weakref.finalize(self, self._pool.shutdown, False, False)
 
     def __new__(cls, *args: Any, persistent: bool = False, **kwargs: Any) -> EnvExecutor:
@@ -619,7 +622,13 @@ class _MapFeeder:
         self.workers = executor._max_workers
         self.submitted = 0  # calls, written by the submitting thread only
         self.completed = 0  # calls, written by done callbacks only
-        self.per_call: float | None = None  # seconds per call, measured in workers
+        # seconds per call, measured in workers; a later map of the same function
+        # starts from what the last one measured (`EnvExecutor._call_seconds`)
+        self._hints = executor._call_seconds
+        try:
+            self.per_call: float | None = self._hints.get(fn)
+        except TypeError:  # not weakly referenceable: nothing remembered
+            self.per_call = None
         self._executor = executor if buffersize is None else weakref.ref(executor)
         self._fn_record: tuple | None = None
         self._roots: frozenset = frozenset()
@@ -715,6 +724,10 @@ class _MapFeeder:
             if seconds is not None:
                 old = feeder.per_call
                 feeder.per_call = seconds / n if old is None else 0.5 * (old + seconds / n)
+                try:
+                    feeder._hints[feeder.fn] = feeder.per_call
+                except TypeError:
+                    pass
 
         fut.add_done_callback(done)
 
