@@ -224,3 +224,52 @@ def test_ctrl_c_kills_the_build_and_leaves_the_store_as_it_was(store_root, store
     time.sleep(0.2)
     assert not _processes_mentioning(str(store_root))
     assert store.list() == [] and list(store.builds_dir.iterdir()) == []
+
+
+def test_gc_and_remove_leave_an_env_a_running_executor_uses(store, tmp_path):
+    from bayou.executor import EnvExecutor
+
+    env = Env(pip=["packaging==21.3"])
+    built = bayou.provision(env)
+    other = bayou.provision(Env(pip=["packaging==24.1"]))
+    # an executor in another process holds the env while it lives
+    code = textwrap.dedent(
+        """
+        import sys, time, bayou
+        with bayou.EnvExecutor(1, env=bayou.Env(pip=["packaging==21.3"])) as ex:
+            print(ex.submit(sum, [1, 2]).result(), flush=True)
+            sys.stdin.readline()
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "3"
+        evicted = store.gc(max_age=0)
+        assert [e.hash for e in evicted] == [other.hash]  # the one in use is kept
+        with pytest.raises(bayou.EnvInUseError, match=built.hash):
+            store.remove(built.hash)
+        cli = [sys.executable, "-m", "bayou.cli", "env", "remove", built.hash]
+        refused = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1 and "in use by a running executor" in refused.stderr
+        assert store.lookup(built.hash) is not None
+        # in this process too, for as long as the executor runs
+        with EnvExecutor(1, env=env) as ex:
+            assert ex.submit(sum, [2, 3]).result(60) == 5
+            with pytest.raises(bayou.EnvInUseError):
+                store.remove(built.hash)
+    finally:
+        proc.communicate("\n", timeout=60)
+    assert proc.returncode == 0
+    assert store.remove(built.hash)  # nobody uses it any more
+    assert store.lookup(built.hash) is None
+
+
+def test_force_removes_an_env_in_use(store):
+    from bayou.executor import EnvExecutor
+
+    env = Env(pip=["packaging==21.3"])
+    with EnvExecutor(1, env=env) as ex:
+        ex.submit(sum, [1]).result(60)
+        assert store.remove(env.hash, force=True)

@@ -10,6 +10,7 @@ from .environment import Environment
 from .errors import (
     BayouError,
     CrossVersionError,
+    EnvInUseError,
     MemoryLimitError,
     PicklingError,
     ProvisionError,
@@ -43,6 +44,7 @@ __all__ = [
     "cancel_requested",
     "report_progress",
     "Env",
+    "EnvInUseError",
     "Environment",
     "MemoryLimitError",
     "PicklingError",

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import interpreters
 from .env import Env
-from .errors import ProvisionError, SpecError
+from .errors import EnvInUseError, ProvisionError, SpecError
 from .provision import environment_from_record, provision
 from .run import run as run_in_env
 from .store import Store, StoredEnv
@@ -118,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
 
     remove = env_sub.add_parser("remove", help="delete environments")
     remove.add_argument("refs", nargs="+", metavar="ref")
+    remove.add_argument(
+        "--force", action="store_true", help="remove even an env a running executor uses"
+    )
     remove.set_defaults(func=cmd_remove)
 
     gc = env_sub.add_parser("gc", help="evict least recently used environments")
@@ -271,7 +274,12 @@ def cmd_remove(args: argparse.Namespace) -> int:
             print(f"bayou: {exc.args[0]}", file=sys.stderr)
             code = EXIT_NOT_FOUND
             continue
-        store.remove(found.hash)
+        try:
+            store.remove(found.hash, force=args.force)
+        except EnvInUseError as exc:
+            print(f"bayou: {exc}", file=sys.stderr)
+            code = EXIT_FAILED
+            continue
         print(f"removed {found.hash}")
     return code
 

@@ -70,6 +70,10 @@ class ProvisionError(BayouError):
         super().__init__(text)
 
 
+class EnvInUseError(BayouError):
+    """An env cannot be removed: a running executor (of any process) uses it."""
+
+
 class ProvisionTimeout(ProvisionError, TimeoutError):
     """Provisioning took longer than the caller allowed; nothing was published."""
 

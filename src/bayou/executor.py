@@ -40,6 +40,7 @@ from . import errors, protocol
 from . import pool as pool_module
 from .environment import Environment, current_environment
 from .pool import OUTPUT_MODES, Pool, WorkItem
+from .store import EnvHold, Store
 from .worker import wire
 
 logger = logging.getLogger("bayou.executor")
@@ -122,6 +123,22 @@ def _resolve_environment(env: Any, allow_current: bool = False) -> Environment:
     from .provision import provision
 
     return provision(env, allow_current=allow_current)
+
+
+def _resolve_and_hold(env: Any, allow_current: bool) -> tuple[Environment, EnvHold | None]:
+    """The environment, marked in use in its store so `gc`/`remove` leave it alone
+    while this executor lives. A removal that won the race just before we held
+    it means the env is gone: provision it again."""
+    for _ in range(3):
+        environment = _resolve_environment(env, allow_current)
+        store = Store.containing(environment.prefix)
+        if store is None:  # the caller's interpreter, or an env made elsewhere
+            return environment, None
+        hold = store.hold(environment.hash)
+        if store.lookup(environment.hash) is not None:
+            return environment, hold
+        hold.release()
+    raise RuntimeError(f"environment {environment.hash} keeps being removed while starting")
 
 
 def _constructor_signature(init: Callable) -> inspect.Signature:
@@ -224,7 +241,7 @@ class EnvExecutor(Executor):
         if output not in OUTPUT_MODES:
             raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUT_MODES))}")
 
-        self.environment = _resolve_environment(env, allow_current)
+        self.environment, self._env_hold = _resolve_and_hold(env, allow_current)
         if self.environment.python_xy < (3, 8):
             raise ValueError(
                 f"bayou workers need Python >= 3.8; env {self.environment.hash} has "
@@ -261,6 +278,8 @@ class EnvExecutor(Executor):
         # starts with batches of the right size (`_MapFeeder`)
         self._call_seconds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._finalizer = weakref.finalize(self, self._pool.shutdown, False, False)
+        if self._env_hold is not None:
+            weakref.finalize(self, self._env_hold.release)
 
     def __new__(cls, *args: Any, persistent: bool = False, **kwargs: Any) -> EnvExecutor:
         """``persistent=True`` makes a `bayou.persistent.PersistentExecutor` (docs/persistent.md)."""
@@ -460,6 +479,8 @@ class EnvExecutor(Executor):
         its worker is killed and its future ends cancelled.
         """
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+        if wait and self._env_hold is not None:
+            self._env_hold.release()  # the workers are gone: gc may take the env
 
     def __exit__(self, exc_type, exc_val, exc_tb) -> bool:
         """Like Executor's, except on Ctrl-C: then queued work is cancelled and running

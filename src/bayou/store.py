@@ -8,6 +8,8 @@ Layout under the root (`$BAYOU_HOME`, else the user cache dir + ``/bayou``)::
     builds/<hash>-<random>/   builds in progress (never used as an env)
     trash/                    envs being deleted (renamed here first)
     locks/<hash>.lock         one cross-process lock per env hash
+    locks/<hash>.use          shared-locked by every executor using the env (`hold`):
+                              `remove` refuses and `gc` skips an env in use
     pkgs/conda/  pkgs/uv/     package caches shared by all envs (hard links;
                               $BAYOU_PKGS_DIR puts them elsewhere)
     logs/                     build logs and worker logs
@@ -37,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import EnvInUseError
+
 RECORD_DIR = ".bayou"
 RECORD_FILE = "record.json"
 
@@ -49,6 +53,20 @@ def default_root() -> Path:
     if os.name == "nt":
         return Path(os.environ.get("LOCALAPPDATA", Path.home())) / "bayou" / "Cache"
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bayou"
+
+
+class EnvHold:
+    """An executor's claim on an env (`Store.hold`); `release` ends it."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    __del__ = release  # an executor that failed to start lets go too
 
 
 @dataclass(frozen=True)
@@ -210,6 +228,43 @@ class Store:
         finally:
             os.close(fd)
 
+    def hold(self, env_hash: str) -> EnvHold:
+        """Mark the env as in use until the hold is released (or the process dies).
+
+        A shared ``flock``: any number of executors, in any processes, hold
+        it at once; `remove` takes it exclusively, so it never deletes an env
+        under a running executor. Call `lookup` after holding: a removal that
+        finished just before means the env must be provisioned again."""
+        self.ensure()
+        path = self.root / "locks" / f"{env_hash}.use"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a removal is deciding
+        except BaseException:
+            os.close(fd)
+            raise
+        return EnvHold(fd)
+
+    @contextlib.contextmanager
+    def _unused(self, env_hash: str, force: bool) -> Iterator[None]:
+        """Hold the env's use lock exclusively, or raise `EnvInUseError`."""
+        path = self.root / "locks" / f"{env_hash}.use"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if not force:
+                    raise EnvInUseError(
+                        f"environment {env_hash} is in use by a running executor; shut it "
+                        f"down first (or remove with force=True / --force)"
+                    ) from None
+            yield
+        finally:
+            os.close(fd)
+
     def new_build_dir(self, env_hash: str) -> Path:
         """A fresh directory to build into; call with the env's lock held."""
         self.discard_stale_builds(env_hash)
@@ -262,19 +317,24 @@ class Store:
 
     # -- removal ------------------------------------------------------------------
 
-    def remove(self, env_hash: str, *, unused_since: float | None = None) -> bool:
+    def remove(
+        self, env_hash: str, *, unused_since: float | None = None, force: bool = False
+    ) -> bool:
         """Delete one env; True if it existed (and was deleted).
 
         The env leaves ``envs/`` in one rename under its lock, so a reader
         sees the whole env or none. With `unused_since` (what `gc` saw), an
-        env used after that time is kept: someone picked it up meanwhile."""
+        env used after that time is kept: someone picked it up meanwhile.
+        An env a running executor holds (`hold`) raises `EnvInUseError`,
+        unless `force`."""
         with self.lock(env_hash):
             target = self.env_dir(env_hash)
             if not target.exists():
                 return False
             if unused_since is not None and self.last_used(env_hash) > unused_since:
                 return False
-            self._delete(target)
+            with self._unused(env_hash, force):
+                self._delete(target)
             return True
 
     def gc(
@@ -304,7 +364,22 @@ class Store:
         if dry_run:
             return evict
         self.sweep_trash()
-        return [e for e in evict if self.remove(e.hash, unused_since=e.last_used)]
+        removed = []
+        for env in evict:
+            try:
+                if self.remove(env.hash, unused_since=env.last_used):
+                    removed.append(env)
+            except EnvInUseError:
+                pass  # a running executor uses it: kept, whatever its age
+        return removed
+
+    @classmethod
+    def containing(cls, prefix: str | os.PathLike) -> Store | None:
+        """The store a published env's prefix lives in, or None (not one of ours)."""
+        prefix = Path(prefix)
+        if prefix.parent.name != "envs" or not (prefix / RECORD_DIR / RECORD_FILE).is_file():
+            return None
+        return cls(prefix.parent.parent)
 
     def _delete(self, path: Path) -> None:
         """Rename out of sight first, so nobody sees a half-deleted tree."""
