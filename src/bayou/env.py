@@ -385,8 +385,9 @@ class Env:
         raise AttributeError("Env is immutable; use Env.replace(...)")
 
     def __reduce__(self):
-        # Rebuilt through the validating constructor: a pickled Env (to a Dask
-        # worker, a persistent pool) is the same env, with the same hash, there.
+        # Rebuilt through the validating constructor from its description: a pickled
+        # Env (to a Dask worker, a persistent pool) is the same spec there, hashed for
+        # that machine's platform (the same hash on the same platform).
         return (Env.from_dict, (self.to_dict(),))
 
     def _set(self, **fields: Any) -> None:

@@ -154,17 +154,21 @@ class Store:
         with contextlib.suppress(OSError):
             marker.touch()
 
-    def names(self, env_hash: str) -> set[str]:
+    def names(self, env_hash: str, record: dict[str, Any] | None = None) -> set[str]:
         """Every name this env was asked for by: the same spec may be built under one
-        name and asked for under another later, and both should find it."""
+        name and asked for under another later, and both should find it. `record`,
+        when the caller has read it already, saves reading it again."""
         found = set()
         with contextlib.suppress(OSError):
             found = set((self.env_dir(env_hash) / RECORD_DIR / "names").read_text().split("\n"))
-        record = self.lookup(env_hash) or {}
+        if record is None:
+            record = self.lookup(env_hash) or {}
         return {n for n in found | {record.get("name") or ""} if n}
 
-    def add_name(self, env_hash: str, name: str | None) -> None:
-        if not name or name in self.names(env_hash):
+    def add_name(
+        self, env_hash: str, name: str | None, record: dict[str, Any] | None = None
+    ) -> None:
+        if not name or name in self.names(env_hash, record):
             return
         names_file = self.env_dir(env_hash) / RECORD_DIR / "names"
         with contextlib.suppress(OSError), open(names_file, "a") as fh:
@@ -195,7 +199,7 @@ class Store:
         if exact:
             return exact[0]
         matches = [e for e in envs if e.hash.startswith(ref)] or [
-            e for e in envs if ref in self.names(e.hash)
+            e for e in envs if ref in self.names(e.hash, e.record)
         ]
         if len(matches) == 1:
             return matches[0]
@@ -236,8 +240,7 @@ class Store:
         under a running executor. Call `lookup` after holding: a removal that
         finished just before means the env must be provisioned again."""
         self.ensure()
-        path = self.root / "locks" / f"{env_hash}.use"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = self._open_use_lock(env_hash)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a removal is deciding
         except BaseException:
@@ -245,11 +248,14 @@ class Store:
             raise
         return EnvHold(fd)
 
+    def _open_use_lock(self, env_hash: str) -> int:
+        path = self.root / "locks" / f"{env_hash}.use"
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
     @contextlib.contextmanager
     def _unused(self, env_hash: str, force: bool) -> Iterator[None]:
         """Hold the env's use lock exclusively, or raise `EnvInUseError`."""
-        path = self.root / "locks" / f"{env_hash}.use"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = self._open_use_lock(env_hash)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -36,7 +36,6 @@ from ..env import Env
 from ..executor import EnvExecutor
 from ..provision import ProgressEvent, provision
 from ..provision.progress import default_progress
-from ._envstate import env_state, rebuild_env
 from .executor import DaskEnvExecutor
 from .names import env_key, resource_name
 
@@ -100,7 +99,7 @@ class EnvPlugin(WorkerPlugin):
         self.provision_timeout = provision_timeout
         self.executor_options = dict(executor_options)
         self.env_description = repr(env)
-        self._env_state = env_state(env)
+        self._env = env  # pickles as its description: rebuilt on each worker's platform
         self._reset_runtime()
 
     def _reset_runtime(self) -> None:
@@ -120,8 +119,8 @@ class EnvPlugin(WorkerPlugin):
 
     @property
     def env(self) -> Env:
-        """The Env as rebuilt here (on a worker: that worker's platform)."""
-        return rebuild_env(self._env_state)
+        """The Env as rebuilt here (on a worker: that worker's platform, see `Env.__reduce__`)."""
+        return self._env
 
     def __repr__(self) -> str:
         return (

@@ -78,7 +78,7 @@ def provision(
     record = store.lookup(env.hash)
     if record is not None:
         store.touch(env.hash)
-        store.add_name(env.hash, env.name)
+        store.add_name(env.hash, env.name, record)
         return environment_from_record(record, env)
 
     report = progress or default_progress()
@@ -93,7 +93,7 @@ def provision(
             raise
         raise _timeout_error(timeout, "waiting for another process building the same env")
     store.touch(env.hash)
-    store.add_name(env.hash, env.name)
+    store.add_name(env.hash, env.name, record)
     return environment_from_record(record, env)
 
 
