@@ -68,6 +68,20 @@ class BayouFuture(Future):
     def progress(self) -> Progress | None:
         return self._progress
 
+    # Set by the pool once the task is queued: reads the result off the worker's
+    # socket in the waiting thread (`Pool.follow`), saving the supervisor's hop.
+    _bayou_follow: Callable[[float | None], float | None] | None = None
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._state == futures_base.RUNNING and self._bayou_follow is not None:
+            timeout = self._bayou_follow(timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state == futures_base.RUNNING and self._bayou_follow is not None:
+            timeout = self._bayou_follow(timeout)
+        return super().exception(timeout)
+
     def add_progress_callback(self, fn: Callable[[BayouFuture, Progress], object]) -> None:
         """Call `fn(future, progress)` (from bayou's supervisor thread) on each update."""
         with self._condition:

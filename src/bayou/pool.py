@@ -97,6 +97,22 @@ OUTPUT_MODES = ("inherit", "logging")
 PREFETCH = 1  # tasks per worker handed over ahead of time (CPython: EXTRA_QUEUED_CALLS)
 SHUTDOWN_GRACE = 1.0  # s a handed-over task may take to stop after shutdown(cancel_futures)
 MEMORY_CHECK_INTERVAL = 0.1  # s between RSS checks of a busy worker (a leak is caught after)
+_FOLLOW_SLICE = 0.25  # s a follower polls before it looks again (pidfd-less platforms)
+SPIN_SECONDS = 100e-6  # how long a waiting caller or an idle worker polls before sleeping
+
+
+_yield = getattr(os, "sched_yield", lambda: None)
+
+
+def spin_seconds() -> float:
+    """`SPIN_SECONDS`, or `$BAYOU_SPIN_US` microseconds (0 turns spinning off)."""
+    value = os.environ.get("BAYOU_SPIN_US", "").strip()
+    if not value:
+        return SPIN_SECONDS
+    try:
+        return max(0.0, float(value)) / 1e6
+    except ValueError:
+        raise ValueError(f"BAYOU_SPIN_US must be a number of microseconds, not {value!r}") from None
 
 
 def heartbeat_interval(timeout: float | None) -> float | None:
@@ -191,6 +207,10 @@ class WorkerHandle:
         self.sock = None
         self.reader: wire.FrameReader | None = None
         self.send_lock = threading.Lock()
+        # Whoever reads `sock` holds this: the supervisor (briefly, per event) or a
+        # caller thread waiting for this worker's result (`Pool.follow`).
+        self.read_lock = threading.Lock()
+        self.sock_data = ("sock", self)  # its selector key's data, the same across re-registers
         self.item: WorkItem | None = None
         now = time.monotonic()
         self.started_at = now
@@ -265,6 +285,7 @@ class Pool:
         self.retries = retries
         self.max_memory = max_memory_per_worker
         self.start_timeout = start_timeout
+        self.spin = spin_seconds()  # see `_spin`; the workers get it too
         self._runtime_root = runtime_root
         self._log_dir = Path(log_dir) if log_dir is not None else None
         self._own_log_dir = log_dir is None
@@ -311,9 +332,9 @@ class Pool:
             item.task_id = next(self._task_ids)
             # weak references: the future must not keep its item (and the pool's
             # records) alive in a cycle once the task is settled
-            item.future._bayou_cancel = functools.partial(
-                _cancel_by_ref, weakref.ref(self), weakref.ref(item)
-            )
+            pool_ref, item_ref = weakref.ref(self), weakref.ref(item)
+            item.future._bayou_cancel = functools.partial(_cancel_by_ref, pool_ref, item_ref)
+            item.future._bayou_follow = functools.partial(_follow_by_ref, pool_ref, item_ref)
             self._pending.append(item)
             self._futures.add(item.future)
             assignments = self._assign_locked()
@@ -354,6 +375,119 @@ class Pool:
         worker.send(wire.CANCEL, pickle.dumps(item.task_id, 4))
         self._wake()
         return True
+
+    def follow(self, item: WorkItem, timeout: float | None) -> float | None:
+        """Wait for a running task by reading its worker's socket in this thread.
+
+        Leader/follower: instead of the supervisor thread reading the RESULT
+        and waking the waiting thread (two thread switches, on a machine where
+        each costs tens of microseconds), the thread blocked in `result()`
+        takes the worker's socket out of the supervisor's selector and reads it
+        itself. It handles every frame the worker sends meanwhile exactly as the
+        supervisor would (heartbeats, progress, the result and the scheduling
+        that follows it) and gives the socket back before it settles the
+        future, so done-callbacks run with nothing held. It also watches the
+        worker's pidfd: when the worker dies it steps aside at once, and the
+        supervisor accounts for the death as usual. When it cannot take the
+        socket (another thread reads it, the task is not on a worker yet) it
+        does nothing and the caller waits on the future as before.
+
+        Returns what is left of `timeout`.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        w = item.worker
+        if (
+            w is None
+            or w.dead
+            or w.exiting
+            or threading.current_thread() is self.thread
+            or not w.read_lock.acquire(blocking=False)
+        ):
+            return timeout
+        settles: list = []
+        try:
+            try:
+                sock = w.sock
+                if item.worker is not w or sock is None or w.dead or w.exiting:
+                    return timeout
+                try:
+                    self._selector.unregister(sock)
+                except (KeyError, ValueError, OSError):
+                    return timeout  # closing, or not registered (yet): the supervisor reads
+                try:
+                    self._read_as_follower(w, item, sock, deadline, settles)
+                finally:
+                    if w.sock is sock and not w.dead:
+                        try:
+                            self._selector.register(sock, selectors.EVENT_READ, w.sock_data)
+                        except (KeyError, ValueError, OSError):
+                            pass  # the pool is closing
+            finally:
+                w.read_lock.release()
+            for settled in settles:
+                self._complete(*settled)
+        except Exception as exc:
+            # A bug in bayou, as if the supervisor loop had raised it: the supervisor
+            # breaks the pool and fails every unsettled future (`_crashed`).
+            self._calls.append((functools.partial(_reraise, exc), threading.Event()))
+            self._wake()
+        if deadline is None:
+            return None
+        return max(0.0, deadline - time.monotonic())
+
+    def _spin(self, poller, w: WorkerHandle) -> list:
+        """Poll without sleeping for up to `self.spin` seconds, when `w` runs the only
+        task in flight: a sequential caller then gets a tiny task's result without
+        its CPU going idle and being woken (the wake-up is most of a round trip on a
+        virtual machine). With other tasks in flight their workers need the CPU
+        more, so it sleeps at once."""
+        if self._pending or self._ready:
+            return []
+        for x in self._workers:
+            if x.item is not None and x is not w:
+                return []
+        clock = time.perf_counter
+        end = clock() + self.spin
+        while clock() < end:
+            events = poller.poll(0)
+            if events:
+                return events
+            _yield()
+        return []
+
+    def _read_as_follower(
+        self, w: WorkerHandle, item: WorkItem, sock, deadline, settles: list
+    ) -> None:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        if w.pidfd is not None:
+            poller.register(w.pidfd, select.POLLIN)
+        sock_fd = sock.fileno()
+        spin = self.spin > 0
+        while not settles and w.item is item and not item.future.done():
+            wait = _FOLLOW_SLICE
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    return
+            events = self._spin(poller, w) if spin else None
+            spin = False  # once per wait: a task still running after it is not tiny
+            if not events:
+                events = poller.poll(wait * 1000)
+            if w.exiting or w.dead:
+                return
+            if not any(fd == sock_fd for fd, _ in events):
+                if events:
+                    return  # the pidfd: it died, the supervisor takes over
+                continue
+            try:
+                alive = w.reader.feed_from(sock)
+            except OSError:
+                alive = False
+            w.last_seen = time.monotonic()
+            self._frames(w, settles)
+            if not alive:
+                return  # EOF: the supervisor sees it too once the socket is back
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         """Stop taking work; finish what was submitted, or with `cancel_futures` cancel it.
@@ -718,7 +852,7 @@ class Pool:
         worker.version = ".".join(map(str, info["version"]))
         worker.sock, worker.reader = conn, wire.FrameReader()
         worker.last_seen = time.monotonic()
-        self._selector.register(conn, selectors.EVENT_READ, ("sock", worker))
+        self._selector.register(conn, selectors.EVENT_READ, worker.sock_data)
         try:
             protocol.welcome(conn, self._listener.key, worker_nonce, self._worker_config())
         except OSError:
@@ -740,26 +874,34 @@ class Pool:
             # authenticate with this key: workers need it, as spawned children
             # get it. Only ever sent in this authenticated message.
             "authkey": bytes(multiprocessing.current_process().authkey),
+            "spin": self.spin,
         }
 
     def _on_socket(self, w: WorkerHandle) -> None:
+        if not w.read_lock.acquire(blocking=False):
+            return  # a caller thread follows this worker (an event from before it took over)
         try:
-            alive = w.reader.feed_from(w.sock)
-        except OSError:
-            alive = False
-        w.last_seen = time.monotonic()
-        self._frames(w)
+            try:
+                alive = w.reader.feed_from(w.sock)
+            except OSError:
+                alive = False
+            w.last_seen = time.monotonic()
+            self._frames(w)
+        finally:
+            w.read_lock.release()
         if not alive:
             self._on_exit(w)
 
-    def _frames(self, w: WorkerHandle) -> None:
+    def _frames(self, w: WorkerHandle, settles: list | None = None) -> None:
+        """Handle the frames read from `w`; results are settled at once, or appended
+        to `settles` as `_complete` arguments (a follower settles after it let go)."""
         frames = w.reader.frames
         while frames and not w.dead:
             kind, payload = frames.popleft()
             if kind == wire.RESULT:
-                self._on_result(w, payload, [])
+                self._on_result(w, payload, [], settles)
             elif kind == wire.RESULT_FDS:
-                self._on_result(w, *payload)
+                self._on_result(w, *payload, settles)
             elif kind == wire.HEARTBEAT:
                 pass
             elif kind == wire.PROGRESS:
@@ -790,7 +932,9 @@ class Pool:
         if item is not None and item.task_id == task_id:
             item.future._set_progress(done, total, message)
 
-    def _on_result(self, w: WorkerHandle, payload: bytearray, fds: list[int]) -> None:
+    def _on_result(
+        self, w: WorkerHandle, payload: bytearray, fds: list[int], settles: list | None = None
+    ) -> None:
         meta, body = wire.unpack(payload)
         task_id, status, blob_len, desc, released, seconds = meta
         if released and self.segments is not None:
@@ -833,9 +977,12 @@ class Pool:
         if retire:
             w.send(wire.SHUTDOWN)
         if spawn:
-            self._spawn_as_needed()
+            self._spawn_soon()
         item.future._bayou_seconds = seconds  # the call's own duration, for map's batching
-        self._complete(item, status, data)
+        if settles is None:
+            self._complete(item, status, data)
+        else:
+            settles.append((item, status, data))
 
     def _retire_locked(self, w: WorkerHandle) -> None:
         if w in self._idle:
@@ -896,6 +1043,14 @@ class Pool:
         return err
 
     # -- worker processes --------------------------------------------------------
+
+    def _spawn_soon(self) -> None:
+        """Spawn what is needed: now on the supervisor thread, else ask it (no waiting)."""
+        if threading.current_thread() is self.thread:
+            self._spawn_as_needed()
+        else:
+            self._calls.append((self._spawn_as_needed, threading.Event()))
+            self._wake()
 
     def _spawn_as_needed(self) -> None:
         while True:
@@ -1071,10 +1226,11 @@ class Pool:
         """A worker is gone (EOF on its socket, pidfd, or we killed it): account for it."""
         if w.dead:
             return
-        if w.sock is not None and w.reader is not None:
-            w.exiting = True
-            self._read_last_frames(w)
-        w.dead = True
+        w.exiting = True
+        with w.read_lock:  # a follower polls the pidfd too: it lets go at once
+            if w.sock is not None and w.reader is not None:
+                self._read_last_frames(w)
+            w.dead = True
         if w.pidfd is not None:
             self._selector.unregister(w.pidfd)
             os.close(w.pidfd)
@@ -1352,6 +1508,18 @@ def _cancel_by_ref(pool_ref, item_ref, grace: float = 5.0) -> bool:
     if pool is None or item is None:
         return False  # settled and dropped: too late to cancel
     return pool.cancel(item, grace)
+
+
+def _reraise(exc: BaseException) -> None:
+    raise exc
+
+
+def _follow_by_ref(pool_ref, item_ref, timeout: float | None) -> float | None:
+    """`future._bayou_follow`: `Pool.follow` through weak references."""
+    pool, item = pool_ref(), item_ref()
+    if pool is None or item is None:
+        return timeout
+    return pool.follow(item, timeout)
 
 
 def _set_result(fut, value) -> None:
