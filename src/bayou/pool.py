@@ -112,7 +112,9 @@ def spin_seconds() -> float:
     try:
         return max(0.0, float(value)) / 1e6
     except ValueError:
-        raise ValueError(f"BAYOU_SPIN_US must be a number of microseconds, not {value!r}") from None
+        raise ValueError(
+            f"BAYOU_SPIN_US must be a number of microseconds, not {value!r}"
+        ) from None
 
 
 def heartbeat_interval(timeout: float | None) -> float | None:
