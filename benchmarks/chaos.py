@@ -170,24 +170,11 @@ class _RetryCounter(logging.Handler):
 
 def _shm_entries() -> set[str]:
     """bayou's shared memory visible from here: /dev/shm names, memfds open or mapped."""
-    found = set()
-    try:
-        with open("/proc/self/maps") as maps:
-            found.update(f"mapped {line.split()[0]}" for line in maps if "/memfd:bayou" in line)
-    except OSError:
-        pass
+    import bayou.shm
+
+    found = set(bayou.shm.segments_held(os.getpid()))
     try:
         found.update(f"/dev/shm/{n}" for n in os.listdir(SHM) if "bayou" in n)
-    except OSError:
-        pass
-    try:
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                target = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("/memfd:bayou"):
-                found.add(f"fd {fd} -> {target}")
     except OSError:
         pass
     return found

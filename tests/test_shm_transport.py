@@ -22,7 +22,6 @@ import pytest
 import bayou.shm
 from bayou import errors
 from bayou.executor import EnvExecutor
-from bayou.worker import shm as worker_shm
 from tests.executor_tasks import transport
 
 T = 60
@@ -33,22 +32,7 @@ pytestmark = pytest.mark.skipif(not bayou.shm.ENABLED, reason="memfd_create is L
 
 
 def segments_held(pid: int, caller_pid: int | None = None) -> list[str]:
-    """The bayou segments process `pid` holds: open descriptors and mappings."""
-    tag = f"/memfd:{worker_shm.segment_name(caller_pid or os.getpid())} "
-    held = []
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if (target + " ").startswith(tag):
-                held.append(f"fd {fd}: {target}")
-        with open(f"/proc/{pid}/maps") as maps:
-            held += [f"map: {line.strip()}" for line in maps if tag in line]
-    except OSError:  # gone, or not ours to read
-        pass
-    return held
+    return bayou.shm.segments_held(pid, caller_pid or os.getpid())
 
 
 def anywhere(caller_pid: int) -> list[str]:

@@ -16,6 +16,20 @@ Data flow, in the spirit of CPython's concurrent/futures/process.py::
     and timers: heartbeat_timeout, task_timeout, bayou.cancel and shutdown grace,
     memory cap, start timeout, retiring workers that do not leave.
 
+The way back has a short cut. A thread that calls `result()` on a task that
+is already on a worker becomes that worker's reader (`follow`, the
+leader/follower pattern). It takes the socket out of the selector, reads the
+RESULT, does the supervisor's bookkeeping and settles the future itself. That
+saves the supervisor's wake-up and its hand-off to the waiting thread::
+
+    result() ─▶ follow: unregister sock ─▶ poll(sock, pidfd) ─▶ RESULT ─▶ next TASK
+           ◀─ settle the future ◀─ register sock again ◀─┘
+
+A dying worker makes its pidfd readable, so the follower steps aside and
+`_on_exit` runs on the supervisor as usual. A sequential caller and a worker
+busy with back-to-back tasks poll for `spin` seconds before they sleep (see
+`_spin` and the worker's `next_task`).
+
 Like ProcessPoolExecutor's call queue, only `max_workers * (1 + PREFETCH)`
 tasks are handed over (their futures RUNNING, beyond `Future.cancel()`) at a
 time; the rest stay pending, so `shutdown(cancel_futures=True)` cancels them.
@@ -309,6 +323,7 @@ class Pool:
         self._start_failures = 0
         self._start_kills = 0
         self._calls: collections.deque = collections.deque()
+        self._following = 0  # threads in `follow`
         self.thread: threading.Thread | None = None
         self._listener: protocol.Listener | None = None
         self._selector: selectors.BaseSelector | None = None
@@ -407,6 +422,8 @@ class Pool:
         ):
             return timeout
         settles: list = []
+        with self._lock:
+            self._following += 1  # the supervisor ends only after we settled (shutdown)
         try:
             try:
                 sock = w.sock
@@ -433,6 +450,11 @@ class Pool:
             # breaks the pool and fails every unsettled future (`_crashed`).
             self._calls.append((functools.partial(_reraise, exc), threading.Event()))
             self._wake()
+        finally:
+            with self._lock:
+                self._following -= 1
+            if self._shutdown:
+                self._wake()
         if deadline is None:
             return None
         return max(0.0, deadline - time.monotonic())
@@ -1468,7 +1490,7 @@ class Pool:
             to_stop = [w for w in self._workers if w.state in (STARTING, IDLE)]
             for w in to_stop:
                 self._retire_locked(w)
-            done = not self._workers and not self._calls
+            done = not self._workers and not self._calls and not self._following
         for w in to_stop:
             if not w.ready or not w.send(wire.SHUTDOWN):
                 self._kill(w, _QUIET)
