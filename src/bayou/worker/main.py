@@ -36,6 +36,7 @@ import time
 from . import codec, context, shm, wire
 
 TICK = 0.1
+_relax = getattr(os, "sched_yield", None) or (lambda: None)
 
 
 class Channel:
@@ -78,11 +79,10 @@ class Channel:
             idle_from = clock()
             end = idle_from + self.spin
             poll = self.poller.poll
-            relax = getattr(os, "sched_yield", None) or (lambda: None)
             while clock() < end:
                 if poll(0):
                     break
-                relax()
+                _relax()  # a runnable process on this CPU goes first
             frame = self.recv()
         else:
             idle_from = time.perf_counter()
