@@ -14,6 +14,9 @@ The run (also used by ``tests/test_chaos.py``):
    live bayou worker among this process's children (``psutil``, found by the
    ``_bayou_worker`` bootstrap in its command line: black box, no pool
    internals) and SIGKILLs it, until every future is done.
+   With ``callers=k`` the tasks are not submitted at once but by k threads,
+   each calling ``submit(...).result()`` in turn: the waiting thread reads
+   its worker's result itself (the pool's follower path), while workers die.
 4. Wait for every future (bounded: a hang is reported, not waited out), check
    every result against ``expected(i)``, shut down, and report what is left:
    children of this process, bayou's shared-memory segments (memfds named
@@ -192,6 +195,7 @@ def run_chaos(
     big_bytes: int = 2 * 2**20,
     deadline: float = 600.0,
     spare_last_attempt: bool = False,
+    callers: int = 0,
 ) -> ChaosReport:
     """One run; see the module docstring. Never raises for a failed check: read the report."""
     report = ChaosReport(tasks=tasks_n, workers=workers, killer=kill)
@@ -220,17 +224,39 @@ def run_chaos(
         if killer is not None:
             killer.start()
         start = time.perf_counter()
-        futures = []
-        for i in range(tasks_n):
+        futures: list = [None] * tasks_n
+
+        def submit(i: int):
             pad = None
             if big_every and i % big_every == 0:
                 pad = numpy.full(big_bytes, i % 251, dtype=numpy.uint8)
             reply = big_bytes if big_every and i % big_every == big_every // 2 else 0
             fut = ex.submit(tasks.work, i, pad, reply_bytes=reply)
             fut.add_done_callback(callback(i))
-            futures.append((i, tasks.digest_of(pad), reply, fut))
-            del pad
-        done, not_done = wait([f for *_, f in futures], timeout=deadline)
+            futures[i] = (i, tasks.digest_of(pad), reply, fut)
+            return fut
+
+        if callers:
+            end = time.monotonic() + deadline
+
+            def call_in_turn(first: int) -> None:
+                for i in range(first, tasks_n, callers):
+                    try:
+                        submit(i).result(max(0.0, end - time.monotonic()))
+                    except Exception:
+                        pass  # checked with the others below
+
+            threads = [threading.Thread(target=call_in_turn, args=(k,)) for k in range(callers)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        else:
+            for i in range(tasks_n):
+                submit(i)
+        submitted = [entry for entry in futures if entry is not None]
+        report.lost += [f"task {i}: never submitted" for i, e in enumerate(futures) if e is None]
+        done, not_done = wait([f for *_, f in submitted], timeout=deadline)
         report.seconds = time.perf_counter() - start
         report.throughput = len(done) / report.seconds
         report.hung = len(not_done)
@@ -242,7 +268,7 @@ def run_chaos(
         ex.shutdown(wait=True, cancel_futures=True)
         log.removeHandler(counter)
     report.retried = counter.count
-    for i, pad_digest, reply, fut in futures:
+    for i, pad_digest, reply, fut in submitted:
         if not fut.done():
             continue
         exc = fut.exception()
@@ -254,7 +280,8 @@ def run_chaos(
             report.wrong += 1
     time.sleep(0.05)  # callbacks run before wait() returns; let any stray one land
     report.extra_callbacks = sum(max(0, c - 1) for c in calls)
-    del futures, done, not_done, fut  # results may view shared memory: let them go
+    futures.clear()
+    del submitted, done, not_done, fut  # results may view shared memory: let them go
     gc.collect()
     report.leftover_processes = _leftover_children(me, children_before)
     report.leftover_shm = _leftover_shm(shm_before)
@@ -285,11 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=None)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--callers", type=int, default=0, help="threads calling submit().result() in turn"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     n = args.tasks or (500 if args.quick else 5000)
-    calm = run_chaos(n, args.workers, kill=False, seed=args.seed)
-    wild = run_chaos(n, args.workers, kill=True, seed=args.seed)
+    calm = run_chaos(n, args.workers, kill=False, seed=args.seed, callers=args.callers)
+    wild = run_chaos(n, args.workers, kill=True, seed=args.seed, callers=args.callers)
     for r in (calm, wild):
         name = "chaos" if r.killer else "calm "
         print(

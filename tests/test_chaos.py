@@ -51,6 +51,20 @@ def test_5000_tasks_with_retries_survive_a_killer_every_50_to_200_ms():
     assert 1 <= wild.retried <= wild.kills  # each kill re-runs at most the one task it hit
 
 
+@pytest.mark.slow
+def test_threads_waiting_in_result_survive_the_killer():
+    """Four threads each `submit(...).result()` in turn, so each reads its own
+    worker's result (the follower path) while the killer strikes."""
+    r = run_chaos(2000, 3, kill=True, retries=2, seed=3, spare_last_attempt=True, callers=4)
+    print()
+    print(_summary(r))
+    assert r.lost == [], r.lost[:5]
+    assert r.hung == 0 and r.wrong == 0 and r.right == r.tasks
+    assert r.extra_callbacks == 0 and r.broken is None
+    assert r.kills >= 3
+    assert r.leftover_processes == [] and r.leftover_shm == []
+
+
 def test_without_retries_each_kill_costs_at_most_the_task_it_hit():
     r = run_chaos(600, 3, kill=True, retries=0, interval=(0.05, 0.2), seed=2)
     print()
