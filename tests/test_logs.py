@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 import bayou
 from bayou import logs
 from bayou.persistent import registry
@@ -113,3 +115,76 @@ def test_a_persistent_pool_writes_a_manager_log_and_worker_logs(store):
     finally:
         for entry in registry.entries(Store(store.root)):
             registry.kill_host(entry)
+
+
+def _chatter(lines, width):
+    for i in range(lines):
+        print(f"{i:06d} " + "x" * width, flush=(i % 100 == 0))
+    print("the last line", flush=True)
+    return os.getpid()
+
+
+def test_a_chatty_worker_log_is_rotated_by_size(store, monkeypatch):
+    monkeypatch.setattr(logs, "WORKER_LOG_MAX_BYTES", 64 << 10)
+    with bayou.EnvExecutor(1, name="chatty", output="logging") as ex:
+        pid = ex.submit(_chatter, 3000, 100).result(T)  # about 350 KB of output
+    directory = logs.pools_log_dir(store) / "chatty"
+    files = sorted(p.name for p in logs.worker_logs(directory))
+    current = f"worker-current-0-{pid}.log"
+    assert files == [current, current + ".1"]
+    for name in files:  # one flush of output past the cap at most
+        assert (directory / logs.WORKERS / name).stat().st_size < (64 << 10) + (64 << 10)
+    assert "the last line" in (directory / logs.WORKERS / current).read_text()
+    assert all(logs.worker_pid(directory / logs.WORKERS / n) == pid for n in files)
+    shown = cli("logs", "chatty", "--worker", str(pid), "-n", "1")
+    assert shown.returncode == 0 and "the last line" in shown.stdout
+
+
+def test_log_follower_reads_whole_lines_new_files_and_rotated_ones(tmp_path):
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    a.write_text("old\n")
+    present = [a]
+    follower = logs.LogFollower(lambda: list(present))
+    assert follower.poll() == []  # what was there at the start is not repeated
+    with open(a, "a") as f:
+        f.write("one\ntw")
+    assert follower.poll() == [(a, "one")]
+    with open(a, "a") as f:
+        f.write("o\n")
+    assert follower.poll() == [(a, "two")]
+    b.write_text("first of b\n")
+    present.append(b)  # a file that appears later is read from its start
+    assert follower.poll() == [(b, "first of b")]
+    a.write_text("rotated\n")  # shorter than before: read again from the start
+    assert follower.poll() == [(a, "rotated")]
+
+
+def test_bayou_logs_follow_prints_new_lines_of_old_and_new_workers(store):
+    import signal
+
+    with bayou.EnvExecutor(1, name="followed") as ex:
+        first = ex.submit(_say, "before following").result(T)
+        proc = subprocess.Popen(
+            [*BAYOU, "logs", "followed", "-f", "-n", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert "==>" in proc.stdout.readline()  # the tails are out: it follows now
+            ex.submit(_say, "while following").result(T)
+            with pytest.raises(bayou.WorkerCrashedError):
+                ex.submit(os._exit, 3).result(T)
+            second = ex.submit(_say, "from the new worker").result(T)
+            assert second != first
+            seen = []
+            deadline = time.monotonic() + T
+            while time.monotonic() < deadline and not any("new worker" in s for s in seen):
+                seen.append(proc.stdout.readline())
+            assert f"worker-current-0-{first} | " in "".join(seen)
+            assert any("while following" in s for s in seen)
+            assert any(f"-{second} | " in s and "from the new worker" in s for s in seen)
+            assert not any("before following" in s for s in seen)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(T) == 0

@@ -6,7 +6,7 @@
     bayou doctor
     bayou workers list | stop NAME...      persistent pools (docs/persistent.md)
     bayou debug [NAME] [-o FILE]           VS Code attach config (docs/debugging.md)
-    bayou logs [NAME] [-n N] [--worker PID] (docs/logs.md)
+    bayou logs [NAME] [-n N] [--worker PID] [-f] (docs/logs.md)
 
 REF is a hash (or a unique prefix of one), an env name, a spec file, or the
 prefix/python of an existing env. Exit codes: 0 success, 1 a build or command

@@ -13,7 +13,9 @@ Layout::
 
 Worker logs are rotated by count: `prune_worker_logs` keeps the newest
 `WORKER_LOGS_KEPT` files besides those of live workers (a persistent pool
-runs it periodically, a named executor when it starts).
+runs it periodically, a named executor when it starts). One worker's log is
+also rotated by size: past `WORKER_LOG_MAX_BYTES` the pool renames it to
+``<log>.1`` and starts a new one. `LogFollower` is ``bayou logs -f``.
 
 Where the records come from: bayou logs through the standard `logging`
 module (``bayou.executor``, ``bayou.provision``, ``bayou.persistent``,
@@ -38,6 +40,7 @@ WORKERS = "workers"
 MANAGER_MAX_BYTES = 1 << 20
 MANAGER_BACKUPS = 3
 WORKER_LOGS_KEPT = 20
+WORKER_LOG_MAX_BYTES = 10 << 20  # a worker's log is rotated to ``<name>.1`` beyond this
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(process)d] %(message)s"
 
 
@@ -75,9 +78,10 @@ def manager_handler(directory: Path, level: int = logging.INFO) -> logging.Handl
     return handler
 
 
-def _pid_of(path: Path) -> int | None:
+def worker_pid(path: Path) -> int | None:
+    """The worker pid in ``worker-<env>-<slot>-<pid>.log`` (or its ``.log.1``)."""
     try:
-        return int(path.stem.rsplit("-", 1)[1])
+        return int(path.name.split(".", 1)[0].rsplit("-", 1)[1])
     except (IndexError, ValueError):
         return None
 
@@ -104,7 +108,7 @@ def prune_worker_logs(
 ) -> list[Path]:
     """Delete all but the newest `keep` worker logs of dead workers; return what went."""
     live = set(live_pids)
-    dead = [p for p in worker_logs(directory) if _pid_of(p) not in live]
+    dead = [p for p in worker_logs(directory) if worker_pid(p) not in live]
     removed = dead[: max(0, len(dead) - keep)]
     for path in removed:
         try:
@@ -140,3 +144,52 @@ def named_pools(store: Store | None = None) -> list[str]:
         return sorted(p.name for p in base.iterdir() if p.is_dir())
     except OSError:
         return []
+
+
+class LogFollower:
+    """`tail -f` over a set of files that changes: new worker logs appear, logs rotate.
+
+    `files()` is asked for the current set at each `poll`; a file seen for the
+    first time after the start is read from its beginning, a file that got
+    shorter (rotated, truncated) from its beginning again. Only whole lines
+    are returned; a partial last line waits for its newline.
+    """
+
+    def __init__(self, files) -> None:
+        self._files = files
+        self._offsets: dict[Path, int] = {}
+        self._partial: dict[Path, bytes] = {}
+        for path in files():
+            self._offsets[path] = _size(path)
+
+    def poll(self) -> list[tuple[Path, str]]:
+        out = []
+        for path in self._files():
+            size = _size(path)
+            offset = self._offsets.get(path, 0)
+            if size < offset:  # rotated or truncated: what is there now is new
+                offset = 0
+                self._partial.pop(path, None)
+            if size == offset:
+                self._offsets[path] = offset
+                continue
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    data = f.read(size - offset)
+            except OSError:
+                continue
+            self._offsets[path] = offset + len(data)
+            data = self._partial.pop(path, b"") + data
+            *lines, rest = data.split(b"\n")
+            if rest:
+                self._partial[path] = rest
+            out += [(path, line.decode("utf-8", "replace")) for line in lines]
+        return out
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

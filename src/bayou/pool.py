@@ -79,7 +79,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import errors, protocol, shm
+from . import errors, logs, protocol, shm
 from .environment import Environment
 from .worker import deploy, wire
 
@@ -1217,6 +1217,20 @@ class Pool:
                 w.logger.log(level, "%s", text, extra={"worker_pid": w.pid, "stream": tag})
         if log_file is not None:
             log_file.flush()
+            if log_file.tell() >= logs.WORKER_LOG_MAX_BYTES:
+                self._rotate_log(w)
+
+    @staticmethod
+    def _rotate_log(w: WorkerHandle) -> None:
+        """Keep one chatty worker's log bounded: ``<log>`` becomes ``<log>.1``."""
+        w.log_file.close()
+        w.log_file = None
+        try:
+            os.replace(w.log_path, f"{w.log_path}.1")
+            fd = os.open(w.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            w.log_file = open(fd, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError:
+            w.log_path = Path(os.devnull)  # no more log for it; the output still flows
 
     def _log_file(self, w: WorkerHandle):
         if w.log_file is None and w.log_path is None:

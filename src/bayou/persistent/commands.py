@@ -51,6 +51,12 @@ def add_parsers(commands) -> None:
     logs_cmd.add_argument("--worker", type=int, metavar="PID", help="only this worker's log")
     logs_cmd.add_argument("--manager", action="store_true", help="only the manager log")
     logs_cmd.add_argument("--path", action="store_true", help="print the log directory")
+    logs_cmd.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new lines, also of workers started later (Ctrl-C ends)",
+    )
     logs_cmd.set_defaults(func=cmd_logs)
 
 
@@ -192,18 +198,38 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if args.path:
         print(directory)
         return 0
-    sections: list[Path] = []
-    if args.worker is None:
-        sections.append(directory / logs.MANAGER_LOG)
-    if not args.manager:
-        workers = list(reversed(logs.worker_logs(directory)))  # newest first
-        if args.worker is not None:
-            workers = [w for w in workers if w.stem.endswith(f"-{args.worker}")]
-            if not workers:
-                return _fail(f"no log of a worker with pid {args.worker} for {args.name!r}", 3)
-        sections += workers
+
+    def selected() -> list[Path]:
+        sections: list[Path] = []
+        if args.worker is None:
+            sections.append(directory / logs.MANAGER_LOG)
+        if not args.manager:
+            workers = list(reversed(logs.worker_logs(directory)))  # newest first
+            if args.worker is not None:
+                workers = [w for w in workers if logs.worker_pid(w) == args.worker]
+            sections += workers
+        return sections
+
+    sections = selected()
+    if args.worker is not None and not sections:
+        return _fail(f"no log of a worker with pid {args.worker} for {args.name!r}", 3)
+    follower = logs.LogFollower(selected) if args.follow else None
     for path in sections:
         print(f"==> {path} <==")
         for line in logs.tail(path, args.lines):
             print(line)
+    if follower is not None:
+        return _follow(follower)
     return 0
+
+
+def _follow(follower: logs.LogFollower, interval: float = 0.25) -> int:
+    """Print what the followed logs gain, each line after its file's short name."""
+    try:
+        while True:
+            for path, line in follower.poll():
+                label = path.name.split(".", 1)[0]
+                print(f"{label} | {line}", flush=True)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0
