@@ -151,3 +151,48 @@ def test_spinning_is_configurable(monkeypatch):
     monkeypatch.setenv("BAYOU_SPIN_US", "fast")
     with pytest.raises(ValueError, match="BAYOU_SPIN_US"):
         EnvExecutor(1)
+
+
+def test_held_interrupts_defer_ctrl_c_outside_the_poll_and_stop_the_poll():
+    import os
+    import signal
+
+    from bayou import interrupts
+
+    held = interrupts.HeldInterrupts()
+    held.hold()
+    os.kill(os.getpid(), signal.SIGINT)  # mid-bookkeeping: noted, nothing raised
+    time.sleep(0.01)
+    assert held.caught
+    with pytest.raises(KeyboardInterrupt):
+        held.release()  # the original handler runs once the state is whole
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    held = interrupts.HeldInterrupts()
+    held.hold()
+    try:
+        held.polling = True
+        with pytest.raises(interrupts.Interrupted):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        held.polling = False
+    finally:
+        with pytest.raises(KeyboardInterrupt):
+            held.release()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_in_result_stops_the_wait_and_the_pool_still_works():
+    import os
+    import signal
+
+    with EnvExecutor(1) as ex:
+        ex.submit(basic.add, 0, 0).result(T)
+        slow = ex.submit(basic.sleep_then, 1.0, "slow")
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            slow.result(T)
+        assert time.monotonic() - start < 0.9  # not after the task: at once
+        assert slow.result(T) == "slow"  # the supervisor got the socket back
+        assert ex.submit(basic.add, 2, 3).result(T) == 5

@@ -79,7 +79,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import errors, logs, protocol, shm
+from . import errors, interrupts, logs, protocol, shm
 from .environment import Environment
 from .worker import deploy, wire
 
@@ -153,6 +153,7 @@ class WorkItem:
     cancel_requested: bool = False  # bayou.cancel: the future ends cancelled either way
     stop_requested: bool = False  # shutdown(cancel_futures=True): ends cancelled only if killed
     undelivered: bool = False  # its TASK frame could not be sent: the worker was already dead
+    spin_after: bool = False  # its worker should poll for the next task (see `_assign_locked`)
     worker: WorkerHandle | None = None
     oob: protocol.OutOfBand | None = None  # big argument buffers (shared memory or inline)
     _payload: tuple[list, list[int]] | None = field(default=None, repr=False)
@@ -170,7 +171,13 @@ class WorkItem:
         """(TASK payload parts, descriptors to attach)."""
         if self._payload is None:
             self._payload = protocol.encode_task(
-                self.task_id, self.call_kind, self.fn_record, self.args_blob, self.roots, self.oob
+                self.task_id,
+                self.call_kind,
+                self.fn_record,
+                self.args_blob,
+                self.roots,
+                self.oob,
+                self.spin_after,
             )
         return self._payload
 
@@ -234,6 +241,7 @@ class WorkerHandle:
         self.task_started = now
         self.retired_at = 0.0
         self.tasks_done = 0
+        self.last_result_at = -1e9  # time.monotonic() of its last RESULT
         self.ready = False
         self.dead = False
         self.exiting = False  # _on_exit is reading its last frames: give it no new task
@@ -407,20 +415,29 @@ class Pool:
         worker's pidfd: when the worker dies it steps aside at once, and the
         supervisor accounts for the death as usual. When it cannot take the
         socket (another thread reads it, the task is not on a worker yet) it
-        does nothing and the caller waits on the future as before.
+        does nothing and the caller waits on the future as before. Ctrl-C
+        stops it while it sleeps, and waits while it does bookkeeping
+        (`interrupts`).
 
         Returns what is left of `timeout`.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         w = item.worker
-        if (
-            w is None
-            or w.dead
-            or w.exiting
-            or threading.current_thread() is self.thread
-            or not w.read_lock.acquire(blocking=False)
-        ):
+        if w is None or w.dead or w.exiting or threading.current_thread() is self.thread:
             return timeout
+        held = interrupts.HeldInterrupts()  # Ctrl-C waits until our bookkeeping is whole
+        held.hold()
+        try:
+            self._follow(w, item, deadline, held)
+        finally:
+            held.release()  # a Ctrl-C that came meanwhile is raised here
+        if deadline is None:
+            return None
+        return max(0.0, deadline - time.monotonic())
+
+    def _follow(self, w: WorkerHandle, item: WorkItem, deadline, held) -> None:
+        if not w.read_lock.acquire(blocking=False):
+            return
         settles: list = []
         with self._lock:
             self._following += 1  # the supervisor ends only after we settled (shutdown)
@@ -428,13 +445,13 @@ class Pool:
             try:
                 sock = w.sock
                 if item.worker is not w or sock is None or w.dead or w.exiting:
-                    return timeout
+                    return
                 try:
                     self._selector.unregister(sock)
                 except (KeyError, ValueError, OSError):
-                    return timeout  # closing, or not registered (yet): the supervisor reads
+                    return  # closing, or not registered (yet): the supervisor reads
                 try:
-                    self._read_as_follower(w, item, sock, deadline, settles)
+                    self._read_as_follower(w, item, sock, deadline, settles, held)
                 finally:
                     if w.sock is sock and not w.dead:
                         try:
@@ -455,9 +472,6 @@ class Pool:
                 self._following -= 1
             if self._shutdown:
                 self._wake()
-        if deadline is None:
-            return None
-        return max(0.0, deadline - time.monotonic())
 
     def _spin(self, poller, w: WorkerHandle) -> list:
         """Poll without sleeping for up to `self.spin` seconds, when `w` runs the only
@@ -480,7 +494,7 @@ class Pool:
         return []
 
     def _read_as_follower(
-        self, w: WorkerHandle, item: WorkItem, sock, deadline, settles: list
+        self, w: WorkerHandle, item: WorkItem, sock, deadline, settles: list, held
     ) -> None:
         poller = select.poll()
         poller.register(sock, select.POLLIN)
@@ -488,16 +502,22 @@ class Pool:
             poller.register(w.pidfd, select.POLLIN)
         sock_fd = sock.fileno()
         spin = self.spin > 0
-        while not settles and w.item is item and not item.future.done():
+        while not settles and w.item is item and not item.future.done() and not held.caught:
             wait = _FOLLOW_SLICE
             if deadline is not None:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
                     return
-            events = self._spin(poller, w) if spin else None
-            spin = False  # once per wait: a task still running after it is not tiny
-            if not events:
-                events = poller.poll(wait * 1000)
+            held.polling = True  # nothing is half done while we sleep: Ctrl-C may stop it
+            try:
+                events = self._spin(poller, w) if spin else None
+                spin = False  # once per wait: a task still running after it is not tiny
+                if not events:
+                    events = poller.poll(wait * 1000)
+            except interrupts.Interrupted:
+                return
+            finally:
+                held.polling = False
             if w.exiting or w.dead:
                 return
             if not any(fd == sock_fd for fd, _ in events):
@@ -640,6 +660,11 @@ class Pool:
                 w.cancel_deadline = now + SHUTDOWN_GRACE
             w.next_memory_check = now + MEMORY_CHECK_INTERVAL
             w.memory_strikes = 0
+            # Tasks come back to back (this one within `spin` of the worker's last
+            # result): the next one will likely come as quickly, so the worker should
+            # poll for it rather than sleep. The caller judges this, not the worker:
+            # the worker would see its own wake-up latency in the gap.
+            item.spin_after = now - w.last_result_at < self.spin
             item.worker = w
             out.append((w, item))
         if out:
@@ -984,6 +1009,7 @@ class Pool:
         w.item = None
         item.worker = None
         w.tasks_done += 1
+        w.last_result_at = time.monotonic()
         retire = (
             w.exiting
             or (self.max_tasks_per_child is not None and w.tasks_done >= self.max_tasks_per_child)

@@ -410,8 +410,11 @@ def encode_task(
     args_blob: bytes,
     roots: Iterable[str],
     oob: OutOfBand | None = None,
+    spin_after: bool = False,
 ) -> tuple[list, list[int]]:
-    """(payload parts, descriptors) of a TASK: the envelope `worker.main` unpacks."""
+    """(payload parts, descriptors) of a TASK: the envelope `worker.main` unpacks.
+
+    `spin_after` asks the worker to poll for its next task before sleeping."""
     desc = reply = None
     inline: list = []
     places: tuple = ()
@@ -427,7 +430,16 @@ def encode_task(
             inline = oob.inline
             places = wire.layout(len(args_blob), [len(b) for b in inline])
             desc = (wire.OOB_INLINE, places)
-    meta = (task_id, call_kind, fn_record, tuple(sorted(roots)), len(args_blob), desc, reply)
+    meta = (
+        task_id,
+        call_kind,
+        fn_record,
+        tuple(sorted(roots)),
+        len(args_blob),
+        desc,
+        reply,
+        spin_after,
+    )
     return wire.pack(meta, args_blob, inline, places), fds
 
 

@@ -49,7 +49,6 @@ class Channel:
         self.read_lock = threading.Lock()
         self.stash = collections.deque()
         self.spin = 0.0  # s `next_task` polls before sleeping (the caller's setting)
-        self.back_to_back = True
         self.poller = None
 
     def set_spin(self, seconds) -> None:
@@ -68,27 +67,19 @@ class Channel:
                 return self.stash.popleft()
             return wire.recv_frame(self.sock, self.reader)
 
-    def next_task(self):
-        """`recv` for the idle main thread, polling for up to `spin` seconds first
-        while tasks come back to back (the last one arrived within `spin`): a
-        sleeping process is woken late on a virtual machine, a polling one at
-        once. After a longer pause it sleeps at once, so an idle worker costs no
-        CPU."""
-        if self.spin and self.back_to_back and not self.stash and not self.reader.frames:
+    def next_task(self, spin):
+        """`recv` for the idle main thread. With `spin` (the caller said tasks come back
+        to back), poll for up to `self.spin` seconds first: a sleeping process is
+        woken late on a virtual machine, a polling one at once."""
+        if spin and self.spin and not self.stash and not self.reader.frames:
             clock = time.perf_counter
-            idle_from = clock()
-            end = idle_from + self.spin
+            end = clock() + self.spin
             poll = self.poller.poll
             while clock() < end:
                 if poll(0):
                     break
                 _relax()  # a runnable process on this CPU goes first
-            frame = self.recv()
-        else:
-            idle_from = time.perf_counter()
-            frame = self.recv()
-        self.back_to_back = time.perf_counter() - idle_from < self.spin
-        return frame
+        return self.recv()
 
     def drain_control(self, handle) -> None:
         """Handle frames that arrived while the main thread is busy (io thread)."""
@@ -214,6 +205,10 @@ _segment_name = "bayou"
 _WORKER_PID = os.getpid()
 
 
+class _next:
+    spin = False  # the last TASK asked us to poll for the next one (its meta says)
+
+
 def _leave_if_forked(status) -> None:
     """A process the task forked has returned (or raised) out of the task: it must not
     answer, nor read the next TASK from the worker's socket it shares. It exits here."""
@@ -293,7 +288,8 @@ def _call(frame):
     if kind == wire.TASK_FDS:
         payload, fds = payload
     meta, body = wire.unpack(payload)
-    task_id, call_kind, fn_record, roots, args_len, desc, reply = meta
+    task_id, call_kind, fn_record, roots, args_len, desc, reply, spin_after = meta
+    _next.spin = spin_after
     reply_fd = fds[1] if reply is not None and len(fds) > 1 else None
     wire.close_fds(fds[2:] if reply_fd is not None else fds[1:])
     context.begin(task_id)
@@ -438,7 +434,8 @@ def main(argv=None) -> None:
 
     while True:
         try:
-            frame = [channel.next_task()]
+            frame = [channel.next_task(_next.spin)]
+            _next.spin = False
             kind = frame[0][0]
             if kind == wire.TASK or kind == wire.TASK_FDS:
                 _run_task(channel, frame)  # empties `frame`: no payload kept while idle
