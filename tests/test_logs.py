@@ -164,6 +164,11 @@ def test_bayou_logs_follow_prints_new_lines_of_old_and_new_workers(store):
 
     with bayou.EnvExecutor(1, name="followed") as ex:
         first = ex.submit(_say, "before following").result(T)
+        directory = logs.pools_log_dir(store) / "followed"
+        deadline = time.monotonic() + T  # the supervisor writes worker output as it comes
+        while not any("before following" in p.read_text() for p in logs.worker_logs(directory)):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
         proc = subprocess.Popen(
             [*BAYOU, "logs", "followed", "-f", "-n", "0"],
             stdout=subprocess.PIPE,
@@ -171,7 +176,10 @@ def test_bayou_logs_follow_prints_new_lines_of_old_and_new_workers(store):
             text=True,
         )
         try:
-            assert "==>" in proc.stdout.readline()  # the tails are out: it follows now
+            line = "start"
+            while f"-{first}.log <==" not in line:  # the tails are out: it follows now
+                line = proc.stdout.readline()
+                assert line, proc.stderr.read()
             ex.submit(_say, "while following").result(T)
             with pytest.raises(bayou.WorkerCrashedError):
                 ex.submit(os._exit, 3).result(T)

@@ -219,6 +219,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         for line in logs.tail(path, args.lines):
             print(line)
     if follower is not None:
+        sys.stdout.flush()  # the tails, before waiting: a pipe would keep them back
         return _follow(follower)
     return 0
 
