@@ -83,7 +83,8 @@ class BayouFuture(Future):
         return super().exception(timeout)
 
     def add_progress_callback(self, fn: Callable[[BayouFuture, Progress], object]) -> None:
-        """Call `fn(future, progress)` (from bayou's supervisor thread) on each update."""
+        """Call `fn(future, progress)` on each update: from bayou's supervisor thread,
+        or from the thread waiting in `result()`, which reads its worker itself."""
         with self._condition:
             self._progress_callbacks.append(fn)
 
