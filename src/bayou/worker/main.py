@@ -11,7 +11,10 @@ only puts the runtime dir first on `sys.path` and calls `main()`.
 Threads:
 
 * main thread: receives TASK frames, runs them, sends exactly one RESULT per
-  task; reads the socket only while idle.
+  task; reads the socket only while idle. When the TASK's meta says tasks come
+  back to back, it polls for the next one for the caller's `spin` seconds
+  before it sleeps (`Channel.next_task`): on a virtual machine a sleeping
+  process is woken late.
 * io thread (daemon): every `TICK` checks that the caller is alive (parent pid
   unchanged; PR_SET_PDEATHSIG covers the case where the main thread holds the
   GIL), sends a HEARTBEAT when due, flushes rate-limited progress and, while a
