@@ -189,6 +189,7 @@ def test_bayou_logs_follow_prints_new_lines_of_old_and_new_workers(store):
             deadline = time.monotonic() + T
             while time.monotonic() < deadline and not any("new worker" in s for s in seen):
                 seen.append(proc.stdout.readline())
+            # in order: the old worker's last line, then its successor's
             assert f"worker-current-0-{first} | " in "".join(seen)
             assert any("while following" in s for s in seen)
             assert any(f"-{second} | " in s and "from the new worker" in s for s in seen)

@@ -199,12 +199,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
         print(directory)
         return 0
 
-    def selected() -> list[Path]:
+    def selected(newest_first: bool = True) -> list[Path]:
         sections: list[Path] = []
         if args.worker is None:
             sections.append(directory / logs.MANAGER_LOG)
         if not args.manager:
-            workers = list(reversed(logs.worker_logs(directory)))  # newest first
+            workers = logs.worker_logs(directory)  # oldest first
+            if newest_first:
+                workers.reverse()
             if args.worker is not None:
                 workers = [w for w in workers if logs.worker_pid(w) == args.worker]
             sections += workers
@@ -213,7 +215,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
     sections = selected()
     if args.worker is not None and not sections:
         return _fail(f"no log of a worker with pid {args.worker} for {args.name!r}", 3)
-    follower = logs.LogFollower(selected) if args.follow else None
+    # following reads the files oldest first: a replaced worker's last lines come
+    # before its successor's first ones
+    follower = logs.LogFollower(lambda: selected(newest_first=False)) if args.follow else None
     for path in sections:
         print(f"==> {path} <==")
         for line in logs.tail(path, args.lines):
