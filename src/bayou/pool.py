@@ -115,9 +115,6 @@ _FOLLOW_SLICE = 0.25  # s a follower polls before it looks again (pidfd-less pla
 SPIN_SECONDS = 100e-6  # how long a waiting caller or an idle worker polls before sleeping
 
 
-_yield = getattr(os, "sched_yield", lambda: None)
-
-
 def spin_seconds() -> float:
     """`SPIN_SECONDS`, or `$BAYOU_SPIN_US` microseconds (0 turns spinning off)."""
     value = os.environ.get("BAYOU_SPIN_US", "").strip()
@@ -484,14 +481,7 @@ class Pool:
         for x in self._workers:
             if x.item is not None and x is not w:
                 return []
-        clock = time.perf_counter
-        end = clock() + self.spin
-        while clock() < end:
-            events = poller.poll(0)
-            if events:
-                return events
-            _yield()
-        return []
+        return wire.poll_briefly(poller, self.spin)
 
     def _read_as_follower(
         self, w: WorkerHandle, item: WorkItem, sock, deadline, settles: list, held
@@ -524,13 +514,7 @@ class Pool:
                 if events:
                     return  # the pidfd: it died, the supervisor takes over
                 continue
-            try:
-                alive = w.reader.feed_from(sock)
-            except OSError:
-                alive = False
-            w.last_seen = time.monotonic()
-            self._frames(w, settles)
-            if not alive:
+            if not self._receive(w, sock, settles):
                 return  # EOF: the supervisor sees it too once the socket is back
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
@@ -930,16 +914,21 @@ class Pool:
         if not w.read_lock.acquire(blocking=False):
             return  # a caller thread follows this worker (an event from before it took over)
         try:
-            try:
-                alive = w.reader.feed_from(w.sock)
-            except OSError:
-                alive = False
-            w.last_seen = time.monotonic()
-            self._frames(w)
+            alive = self._receive(w, w.sock)
         finally:
             w.read_lock.release()
         if not alive:
             self._on_exit(w)
+
+    def _receive(self, w: WorkerHandle, sock, settles: list | None = None) -> bool:
+        """One receive from `w` (its `read_lock` held), its frames handled; False on EOF."""
+        try:
+            alive = w.reader.feed_from(sock)
+        except OSError:
+            alive = False
+        w.last_seen = time.monotonic()
+        self._frames(w, settles)
+        return alive
 
     def _frames(self, w: WorkerHandle, settles: list | None = None) -> None:
         """Handle the frames read from `w`; results are settled at once, or appended

@@ -39,7 +39,6 @@ import time
 from . import codec, context, shm, wire
 
 TICK = 0.1
-_relax = getattr(os, "sched_yield", None) or (lambda: None)
 
 
 class Channel:
@@ -75,13 +74,7 @@ class Channel:
         to back), poll for up to `self.spin` seconds first: a sleeping process is
         woken late on a virtual machine, a polling one at once."""
         if spin and self.spin and not self.stash and not self.reader.frames:
-            clock = time.perf_counter
-            end = clock() + self.spin
-            poll = self.poller.poll
-            while clock() < end:
-                if poll(0):
-                    break
-                _relax()  # a runnable process on this CPU goes first
+            wire.poll_briefly(self.poller, self.spin)
         return self.recv()
 
     def drain_control(self, handle) -> None:

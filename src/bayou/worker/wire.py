@@ -44,6 +44,7 @@ import os
 import pickle
 import socket
 import struct
+import time
 
 HEADER = struct.Struct("!QB")
 META = struct.Struct("!I")
@@ -98,6 +99,27 @@ _IOV_BATCH = 512
 _CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * 4) if hasattr(socket, "CMSG_SPACE") else 0
 _RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 _PADS = [bytes(n) for n in range(ALIGN)]
+
+
+_relax = getattr(os, "sched_yield", None) or (lambda: None)
+
+
+def poll_briefly(poller, seconds: float) -> list:
+    """`poller.poll` without sleeping, for up to `seconds`: its events, or [].
+
+    Both ends use it for tiny tasks: a process or thread that sleeps is woken
+    late (tens of microseconds on a virtual machine), one that polls is not.
+    Between polls it yields its CPU to anything runnable there (a worker that
+    the wake-up placed on this CPU), so it never delays what it waits for.
+    """
+    clock = time.perf_counter
+    end = clock() + seconds
+    while clock() < end:
+        events = poller.poll(0)
+        if events:
+            return events
+        _relax()
+    return []
 
 
 def digest(key: bytes, message: bytes) -> bytes:
