@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 import bayou
+from tests.support.processes import is_running
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS = 40
@@ -96,13 +97,7 @@ def _alive(pids: list[int], grace: float = 5.0) -> list[int]:
     """The pids still running after up to `grace` s (a worker's death signal is async)."""
     deadline = time.monotonic() + grace
     while True:
-        alive = []
-        for pid in pids:
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    alive.append(pid)
-            except psutil.NoSuchProcess:
-                pass
+        alive = [pid for pid in pids if is_running(pid)]
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.02)

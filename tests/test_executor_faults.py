@@ -14,6 +14,7 @@ import pytest
 from bayou import errors
 from bayou.executor import EnvExecutor
 from tests.executor_tasks import basic
+from tests.support.processes import is_running
 
 T = 60
 
@@ -140,16 +141,9 @@ def test_sigkill_of_caller_leaves_no_worker(task):
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(is_running(p) for p in pids):
         time.sleep(0.1)
-    assert not any(_alive(p) for p in pids)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    assert not any(is_running(p) for p in pids)
 
 
 def test_exit_without_shutdown_finishes_work_and_leaves_nothing():
@@ -166,7 +160,7 @@ def test_exit_without_shutdown_finishes_work_and_leaves_nothing():
     out, _ = proc.communicate(timeout=T)
     assert proc.returncode == 0
     assert "RESULT late" in out
-    assert not any(_alive(p) for p in pids)
+    assert not any(is_running(p) for p in pids)
 
 
 def test_user_subprocesses_die_with_their_worker():
@@ -174,9 +168,9 @@ def test_user_subprocesses_die_with_their_worker():
         child = ex.submit(_spawn_sleeper).result(T)
         assert psutil.pid_exists(child)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _alive(child):
+    while time.monotonic() < deadline and is_running(child):
         time.sleep(0.05)
-    assert not _alive(child)
+    assert not is_running(child)
 
 
 def _spawn_sleeper():
@@ -252,7 +246,7 @@ def test_supervisor_crash_fails_every_future_with_the_cause_and_breaks_the_pool(
             assert isinstance(info.value.__cause__, AttributeError)
         ex._pool.thread.join(T)
         assert not ex._pool.thread.is_alive()
-        assert not _alive(pid)
+        assert not is_running(pid)
         assert ex._processes == {}
         with pytest.raises(BrokenProcessPool, match="supervisor thread crashed"):
             ex.submit(basic.add, 1, 2)
@@ -286,7 +280,7 @@ def test_shutdown_cancel_futures_asks_running_tasks_to_stop_and_kills_the_rest()
     assert time.monotonic() - start < 10
     assert cooperative.result(0) == "stopped"  # ended within the grace: its outcome stands
     assert stubborn.cancelled()
-    assert not any(_alive(p) for p in pids)
+    assert not any(is_running(p) for p in pids)
 
 
 def test_exit_without_shutdown_prints_worker_output_and_nothing_on_stderr():

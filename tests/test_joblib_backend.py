@@ -15,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 from joblib import Parallel, delayed, parallel_config
 from joblib._parallel_backends import ParallelBackendBase
@@ -25,6 +24,7 @@ import bayou
 import bayou.joblib
 from bayou.joblib import BayouBackend
 from tests.executor_tasks import basic
+from tests.support.processes import is_running
 
 WAIT = 30.0  # bound for polling loops: a hang fails the test instead of blocking it
 #: joblib >= 1.5: `Parallel(backend="bayou", env=..., task_timeout=...)` reaches the backend.
@@ -77,14 +77,7 @@ def fail_once_a_sleeper_runs(directory):
 
 
 def alive(pids):
-    out = set()
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.add(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
+    return {pid for pid in pids if is_running(pid)}
 
 
 def recorded_pids(directory):
