@@ -4,6 +4,7 @@ local conda channel (built once per machine, see tests/support/conda_channel.py)
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -12,6 +13,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+# Envs the tests build from PyPI resolve as of the moment constraints/test.txt was
+# frozen, so their unpinned dependencies are the same every day (.ci/run-latest sets
+# it to false: the newest releases).
+_FROZEN = re.search(r"^# frozen: (\S+)$", (REPO / "constraints" / "test.txt").read_text(), re.M)
+if _FROZEN is not None:
+    os.environ.setdefault("UV_EXCLUDE_NEWER", _FROZEN.group(1))
 
 
 def cache_root() -> Path:
