@@ -36,7 +36,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import errors, protocol
+from . import boundary, errors, protocol
 from . import pool as pool_module
 from .environment import Environment, current_environment
 from .pool import OUTPUT_MODES, Pool, WorkItem
@@ -149,11 +149,14 @@ def _resolve_and_hold(env: Any, allow_current: bool) -> tuple[Environment, EnvHo
         store = Store.containing(environment.prefix)
         if store is None:  # the caller's interpreter, or an env made elsewhere
             return environment, None
-        hold = store.hold(environment.hash)
-        if store.lookup(environment.hash) is not None:
+        # the store knows the env by its directory's name (`Env.existing` of a
+        # store's env has a hash of its own)
+        name = Path(environment.prefix).name
+        hold = store.hold(name)
+        if store.lookup(name) is not None:
             return environment, hold
         hold.release()
-    raise RuntimeError(f"environment {environment.hash} keeps being removed while starting")
+    raise RuntimeError(f"environment {environment.prefix} keeps being removed while starting")
 
 
 def _constructor_signature(init: Callable) -> inspect.Signature:
@@ -371,6 +374,7 @@ class EnvExecutor(Executor):
             args_blob=args_blob,
             roots=roots | arg_roots,
             label=_label(fn),
+            call=(call_kind, payload),
             oob=protocol.stage_buffers(
                 buffers, self._pool.segments, private=self._pool.retries > 0
             )
@@ -569,7 +573,7 @@ def _module_reference(module: str | os.PathLike) -> tuple[str, str | None, froze
         return path.stem, str(path), frozenset()
     roots: frozenset = frozenset()
     if text in sys.modules:
-        root = protocol.module_root(text)
+        root = boundary.module_root(text)
         if root is not None:
             roots = frozenset([root])
     return text, None, roots

@@ -79,7 +79,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import errors, interrupts, logs, protocol, shm
+from . import boundary, errors, interrupts, logs, protocol, shm
 from .environment import Environment
 from .worker import deploy, wire
 
@@ -153,12 +153,17 @@ class WorkItem:
     spin_after: bool = False  # its worker should poll for the next task (see `_assign_locked`)
     worker: WorkerHandle | None = None
     oob: protocol.OutOfBand | None = None  # big argument buffers (shared memory or inline)
+    # (call kind, (args, kwargs) or a map chunk's argument tuples), kept as
+    # ProcessPoolExecutor keeps them until the task is settled, to name the argument
+    # a worker could not load
+    call: tuple | None = field(default=None, repr=False)
     _payload: tuple[list, list[int]] | None = field(default=None, repr=False)
 
     def release(self) -> None:
         """Drop the pickled call once the item is settled (its future may live long)."""
         self.args_blob = b""
         self.fn_record = ()
+        self.call = None
         self._payload = None
         if self.oob is not None:
             oob, self.oob = self.oob, None
@@ -1048,12 +1053,7 @@ class Pool:
                         error = self._remote_error(item, *error)
                     value = (values, error)
             except BaseException as exc:
-                err = errors.UnpicklingError(
-                    f"the result of {item.label} could not be unpickled in the caller: "
-                    f"{type(exc).__name__}: {exc}"
-                )
-                err.__cause__ = exc
-                _set_exception(fut, err)
+                _set_exception(fut, boundary.result_load_error(item.label, exc))
             else:
                 _set_result(fut, value)
             return
@@ -1067,12 +1067,8 @@ class Pool:
         cause = protocol.rebuild_exception(data)
         if status == wire.RAISED:
             return cause
-        env = self.environment
         if status == wire.LOAD_FAILED:
-            err = errors.UnpicklingError(
-                f"{item.label} could not be loaded in the worker (env {env.hash}, Python "
-                f"{env.python_version}): {data['type']}: {data['message']}"
-            )
+            err = errors.UnpicklingError(self._load_failure(item, data))
         else:
             err = errors.PicklingError(
                 f"the {data.get('note') or 'result'} returned by {item.label} could not be "
@@ -1080,6 +1076,35 @@ class Pool:
             )
         err.__cause__ = cause
         return err
+
+    def _load_failure(self, item: WorkItem, data: dict) -> str:
+        """What a worker could not load, named: the function, or the argument at fault."""
+        env = self.environment
+        versions = boundary.versions_text(data.get("versions")) or (f"Python {env.python_version}")
+        reason = f"{data['type']}: {data['message']}"
+        if data.get("note") != "arguments":
+            return f"{item.label} could not be loaded in the worker (env {env.hash}, {versions}): {reason}"
+        culprit = None
+        if item.call is not None:
+            encoder = boundary.TaskEncoder(env.python_xy, foreign=not env.is_current)
+            kind, payload = item.call
+            candidates = (
+                boundary.call_candidates(*payload)
+                if kind == wire.CALL
+                else boundary.chunk_candidates(payload)
+            )
+            culprit = boundary.culprit(encoder, candidates, data)
+        missing = data.get("missing") or (data.get("global") or "").rpartition(".")[0]
+        hint = (
+            f" The env lacks {missing!r}: install it there, or send builtins or numpy data "
+            "instead."
+            if missing
+            else ""
+        )
+        return (
+            f"{culprit or 'an argument'} of the call to {item.label} could not be loaded in "
+            f"the worker (env {env.hash}, {versions}): {reason}.{hint}"
+        )
 
     # -- worker processes --------------------------------------------------------
 

@@ -8,20 +8,13 @@ in `bayou.worker.wire`; this module adds what only the caller does:
 * `challenge` / `accept_auth` / `welcome`: the caller's half of the mutual
   HMAC handshake, written as steps so the pool's selector loop drives it
   without blocking.
-* `TaskEncoder`: pickles a task's function and arguments for one target
-  environment, with pickle protocol 5: big buffers (numpy arrays and the
-  like) are kept out of band and given to `stage_buffers`, which puts them in
-  a shared-memory segment (`bayou.shm`) or, when small, inline in the frame. Functions and classes that cloudpickle would send *by value*
-  (lambdas, nested functions, anything from `__main__`) are bytecode and only
-  work between identical Python X.Y; for a worker of another X.Y the encoder
-  refuses them up front with a `PicklingError` naming the object, both
-  versions and the fix. Objects sent *by reference* record the directory
-  their module was imported from when it is the caller's own code (not the
-  stdlib, not site-packages), so the worker can import it too.
+* `stage_buffers`: the big out-of-band buffers of a task's arguments (numpy
+  arrays and the like; `bayou.boundary.TaskEncoder` pickles the task) go to a
+  shared-memory segment (`bayou.shm`) or, when small, inline in the frame.
 * `encode_task` / `result_buffers`: the TASK envelope (`wire.pack`) and the
   views of a RESULT's out-of-band buffers, wherever they are.
-* `loads` / `rebuild_exception`: results and remote exceptions back into
-  objects. A remote exception is re-raised as its own type when it unpickles
+* `rebuild_exception`: remote exceptions back into objects (`loads`, from
+  `bayou.boundary`, maps the worker's names). A remote exception is re-raised as its own type when it unpickles
   here, else as `RemoteError`; either way its `__cause__` carries the remote
   traceback text (CPython's `_RemoteTraceback`, so code and tests written for
   ProcessPoolExecutor see the same thing) and its `__traceback__` the remote
@@ -35,28 +28,20 @@ import io
 import os
 import pickle
 import shutil
-import site
 import socket
-import sys
-import sysconfig
 import tempfile
 import time
 import types
-import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures.process import _RemoteTraceback
 from typing import Any
 
-import cloudpickle
-
 from . import errors, shm
+from .boundary import TaskEncoder, loads, module_root
 from .worker import shm as worker_shm
 from .worker import wire
 
-PICKLE_PROTOCOL = 5
-CALLER_XY = tuple(sys.version_info[:2])
-_VENDOR_PREFIX = "_bayou_vendor_"
-
+__all__ = ["Listener", "TaskEncoder", "loads", "module_root", "rebuild_exception"]
 
 _SOCKET_DIR_PREFIX = "bayou-sock-"
 _swept = False
@@ -160,182 +145,9 @@ def welcome(sock: socket.socket, key: bytes, worker_nonce: bytes, config: dict) 
     wire.send_frame(sock, wire.WELCOME, payload)
 
 
-# -- encoding tasks -----------------------------------------------------------
-
-
-def _system_dirs() -> tuple[str, ...]:
-    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    for name in ("stdlib", "platstdlib", "purelib", "platlib"):
-        try:
-            dirs.add(sysconfig.get_paths()[name])
-        except KeyError:
-            pass
-    try:
-        dirs.update(site.getsitepackages())
-        dirs.add(site.getusersitepackages())
-    except AttributeError:
-        pass
-    return tuple(os.path.join(os.path.realpath(d), "") for d in dirs if d)
-
-
-_SYSTEM_DIRS = _system_dirs()
-_roots_by_module: dict[str, str | None] = {}
-
-
-def module_root(name: str) -> str | None:
-    """The sys.path entry the caller's own module `name` was imported from."""
-    if name in _roots_by_module:
-        return _roots_by_module[name]
-    root = None
-    module = sys.modules.get(name)
-    path = getattr(module, "__file__", None)
-    if path and name != "__main__":
-        path = os.path.realpath(path)
-        if not path.startswith(_SYSTEM_DIRS):
-            depth = name.count(".") + 1
-            if os.path.basename(path).startswith("__init__."):
-                depth += 1
-            root = path
-            for _ in range(depth):
-                root = os.path.dirname(root)
-    _roots_by_module[name] = root
-    return root
-
-
-def _describe(obj: Any) -> str:
-    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
-    module = getattr(obj, "__module__", None)
-    if name is None:
-        return f"{type(obj).__name__} object {obj!r:.60}"
-    if name == "<lambda>":
-        return f"the lambda defined in module {module!r}"
-    if "<locals>" in name:
-        return f"the nested function {module}.{name}"
-    kind = "class" if isinstance(obj, type) else "function"
-    return f"the {kind} {module}.{name}"
-
-
-class _ByValueError(Exception):
-    pass
-
-
-class _EnvPickler(cloudpickle.Pickler):
-    """cloudpickle for a foreign environment: notes roots, guards bytecode."""
-
-    def __init__(self, file, target_xy: tuple[int, int], buffer_callback=None) -> None:
-        super().__init__(file, protocol=PICKLE_PROTOCOL, buffer_callback=buffer_callback)
-        self.target_xy = target_xy
-        self.roots: set[str] = set()
-
-    def reducer_override(self, obj):
-        t = type(obj)
-        if t is types.FunctionType or issubclass(t, type):
-            if cloudpickle.cloudpickle._should_pickle_by_reference(obj):
-                root = module_root(getattr(obj, "__module__", None) or "")
-                if root is not None:
-                    self.roots.add(root)
-            elif self.target_xy != CALLER_XY:
-                raise _ByValueError(_by_value_message(obj, self.target_xy))
-        elif t is types.CodeType and self.target_xy != CALLER_XY:
-            raise _ByValueError(_by_value_message(obj, self.target_xy))
-        return super().reducer_override(obj)
-
-
-def _by_value_message(obj: Any, target_xy: tuple[int, int]) -> str:
-    caller = "{}.{}".format(*CALLER_XY)
-    target = "{}.{}".format(*target_xy)
-    return (
-        f"cannot send {_describe(obj)} to a Python {target} environment: it is not "
-        f"importable by name, so it would travel as bytecode, which only works between "
-        f"identical Python versions (the caller runs Python {caller}). Define it at the "
-        f"top level of a module file (e.g. tasks.py) and import it from there; bayou "
-        f"then sends it by reference and the worker imports that file."
-    )
-
-
-class TaskEncoder:
-    """Pickles functions and arguments for workers of one environment."""
-
-    def __init__(self, target_xy: tuple[int, int], *, foreign: bool) -> None:
-        self.target_xy = tuple(target_xy)
-        self.foreign = foreign
-        # records of module-level functions (pickled by reference: module and name
-        # only, so they cannot go stale), to skip a cloudpickle per submit
-        self._by_reference: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    def dumps(self, obj: Any, buffers: list | None = None) -> tuple[bytes, frozenset[str]]:
-        """(pickle, module roots); `_ByValueError` or the pickling error on failure.
-
-        With a `buffers` list, big pickle buffers are left out of band and
-        appended to it (`worker.shm.collector`): the pickle needs them to load.
-        """
-        callback = None if buffers is None else worker_shm.collector(buffers)
-        if not self.foreign:
-            return (
-                cloudpickle.dumps(obj, protocol=PICKLE_PROTOCOL, buffer_callback=callback),
-                frozenset(),
-            )
-        buf = io.BytesIO()
-        pickler = _EnvPickler(buf, self.target_xy, callback)
-        pickler.dump(obj)
-        return buf.getvalue(), frozenset(pickler.roots)
-
-    def function(self, fn: Callable) -> tuple[tuple, frozenset[str]]:
-        try:
-            return self._by_reference[fn]
-        except (KeyError, TypeError):  # not seen yet, or not weakly referenceable
-            pass
-        try:
-            blob, roots = self.dumps(fn)
-        except _ByValueError as exc:
-            raise errors.CrossVersionError(str(exc)) from None
-        except Exception as exc:
-            raise errors.PicklingError(
-                f"cannot pickle the function {_describe(fn)}: {type(exc).__name__}: {exc}"
-            ) from exc
-        record = (wire.FN_PICKLED, blob), roots
-        if type(fn) is types.FunctionType and cloudpickle.cloudpickle._should_pickle_by_reference(
-            fn
-        ):
-            self._by_reference[fn] = record
-        return record
-
-    def call_args(
-        self, fn: Callable, args: tuple, kwargs: dict, buffers: list | None = None
-    ) -> tuple[bytes, frozenset]:
-        try:
-            return self.dumps((args, kwargs), buffers)
-        except Exception as exc:
-            raise self._args_error(fn, exc, list(enumerate(args)), kwargs) from _cause(exc)
-
-    def chunk_args(
-        self, fn: Callable, chunk: list, buffers: list | None = None
-    ) -> tuple[bytes, frozenset]:
-        try:
-            return self.dumps(chunk, buffers)
-        except Exception as exc:
-            items = [(i, a) for i, args in enumerate(chunk) for a in args]
-            raise self._args_error(fn, exc, items, {}) from _cause(exc)
-
-    def _args_error(self, fn, exc, positional: Iterable, kwargs: dict) -> errors.PicklingError:
-        if isinstance(exc, _ByValueError):
-            reason, error_type = str(exc), errors.CrossVersionError
-        else:
-            reason, error_type = f"{type(exc).__name__}: {exc}", errors.PicklingError
-        culprit = "an argument"
-        candidates = [(f"argument {i}", a) for i, a in positional]
-        candidates += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
-        for label, value in candidates:
-            try:
-                self.dumps(value)
-            except Exception:
-                culprit = f"{label} ({type(value).__module__}.{type(value).__qualname__})"
-                break
-        return error_type(f"cannot pickle {culprit} of the call to {_describe(fn)}: {reason}")
-
-
-def _cause(exc: BaseException) -> BaseException | None:
-    return None if isinstance(exc, _ByValueError) else exc
+# -- encoding tasks ---------------------------------------------------------------
+# What a task's function and arguments become is `bayou.boundary`'s job; this
+# module frames the result.
 
 
 class OutOfBand:
@@ -477,26 +289,6 @@ def result_buffers(
 
 
 # -- decoding results ---------------------------------------------------------
-
-
-class _Unpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if module.startswith(_VENDOR_PREFIX):
-            module = module[len(_VENDOR_PREFIX) :]
-        return super().find_class(module, name)
-
-
-_VENDOR_TOKEN = _VENDOR_PREFIX.encode()
-
-
-def loads(data, start: int = 0, end: int | None = None, buffers=None) -> Any:
-    """Unpickle `data[start:end]` (bytes or bytearray) without copying it."""
-    if end is None:
-        end = len(data)
-    view = memoryview(data)[start:end] if start or end != len(data) else data
-    if data.find(_VENDOR_TOKEN, start, end) < 0:
-        return pickle.loads(view, buffers=buffers)
-    return _Unpickler(io.BytesIO(view), buffers=buffers).load()
 
 
 def _rebuild_traceback(tb_dict: dict | None) -> types.TracebackType | None:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..boundary import TaskEncoder
 from ..environment import Environment
 from ..executor import EnvExecutor
-from ..protocol import TaskEncoder
 from ..store import Store
 from . import registry
 from .client import _PREPARED, RemotePool, connect, list_pools, start, stop

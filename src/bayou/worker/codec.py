@@ -30,11 +30,12 @@ import os
 import pickle
 import sys
 import traceback
+import types
 
-from . import shm, wire
+from . import mainscript, names, shm, wire
 
 PROTOCOL = min(5, pickle.HIGHEST_PROTOCOL)
-_VENDOR_CP = "_bayou_vendor_cloudpickle"
+_VENDOR_CP = names.vendored("cloudpickle")
 _cloudpickle = None
 _fn_cache = {}
 _added_roots = set()
@@ -48,10 +49,22 @@ def cloudpickle():
 
 
 class _Unpickler(pickle.Unpickler):
+    """Maps the caller's names to this interpreter's (`names`), and says which global
+    failed to load: the caller turns that into the argument at fault."""
+
     def find_class(self, module, name):
-        if module == "cloudpickle" or module.startswith("cloudpickle."):
-            module = _VENDOR_CP + module[len("cloudpickle") :]
-        return super().find_class(module, name)
+        try:
+            if module == names.MAIN:
+                return mainscript.find(name)
+            module = names.numpy_module(names.vendored(module))
+            return super().find_class(module, name)
+        except Exception as exc:
+            if getattr(exc, "bayou_global", None) is None:
+                try:
+                    exc.bayou_global = "%s.%s" % (module, name)
+                except Exception:
+                    pass
+            raise
 
 
 def loads(data, start=0, end=None, buffers=None):
@@ -59,7 +72,7 @@ def loads(data, start=0, end=None, buffers=None):
     if end is None:
         end = len(data)
     view = memoryview(data)[start:end] if start or end != len(data) else data
-    if data.find(b"cloudpickle", start, end) < 0:
+    if not names.mentions(data, start, end):
         return pickle.loads(view, buffers=buffers)
     return _Unpickler(io.BytesIO(view), buffers=buffers).load()
 
@@ -89,7 +102,10 @@ def dumps(obj, buffers=None) -> bytes:
 
 def add_roots(roots) -> None:
     for root in roots:
-        if root not in _added_roots:
+        if root.startswith(wire.MAIN_ROOT):
+            kind, _, where = root[len(wire.MAIN_ROOT) :].partition(":")
+            mainscript.expect(kind, where)
+        elif root not in _added_roots:
             _added_roots.add(root)
             if root not in sys.path:
                 sys.path.append(root)
@@ -102,9 +118,10 @@ def resolve(record):
         fn = _fn_cache.get(blob)
         if fn is None:
             fn = loads(blob)
-            if len(_fn_cache) >= 16:
-                _fn_cache.clear()
-            _fn_cache[blob] = fn
+            if _stateless(fn):
+                if len(_fn_cache) >= 16:
+                    _fn_cache.clear()
+                _fn_cache[blob] = fn
         return fn
     _, module_name, qualname, path = record
     module = _import(module_name, path)
@@ -112,6 +129,18 @@ def resolve(record):
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _stateless(fn) -> bool:
+    """Whether a loaded callable may serve later tasks: not when it carries an
+    instance (a bound method, a partial), which a task may change; each task gets
+    its own copy, as with ProcessPoolExecutor."""
+    if isinstance(fn, (types.FunctionType, type)):
+        return True
+    if isinstance(fn, (types.MethodType, types.BuiltinFunctionType)):
+        owner = fn.__self__
+        return owner is None or isinstance(owner, (type, types.ModuleType))
+    return False
 
 
 def _import(name, path):
@@ -193,3 +222,31 @@ def error_record(exc, skip=0, note=None) -> dict:
         "exc": blob,
         "note": note,
     }
+
+
+def load_error_record(exc, part) -> dict:
+    """An error record for a TASK whose `part` ("function" or "arguments") failed to
+    load, with what the caller needs to name the culprit: the global that failed,
+    the missing module, and this interpreter's Python and numpy versions."""
+    record = error_record(exc, skip=1, note=part)
+    record["global"] = getattr(exc, "bayou_global", None)
+    record["missing"] = getattr(exc, "name", None) if isinstance(exc, ImportError) else None
+    record["versions"] = versions()
+    return record
+
+
+def versions() -> dict:
+    """This interpreter's Python and, when it has one, numpy version."""
+    found = {"python": "%d.%d.%d" % sys.version_info[:3]}
+    numpy = sys.modules.get("numpy")
+    version = getattr(numpy, "__version__", None)
+    if version is None:
+        try:
+            from importlib.metadata import version as dist_version
+
+            version = dist_version("numpy")
+        except Exception:
+            version = None
+    if version is not None:
+        found["numpy"] = version
+    return found

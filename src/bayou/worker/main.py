@@ -290,11 +290,13 @@ def _call(frame):
     wire.close_fds(fds[2:] if reply_fd is not None else fds[1:])
     context.begin(task_id)
     try:
+        part = "function"  # what failed to load, for the caller's message
         try:
             try:
                 if roots:
                     codec.add_roots(roots)
                 fn = codec.resolve(fn_record)
+                part = "arguments"
                 buffers = _arg_buffers(payload, body, desc, fds)
                 args = codec.loads(payload, body, body + args_len, buffers)
             finally:
@@ -302,7 +304,8 @@ def _call(frame):
                     wire.close_fds(fds[:1])
                 payload = buffers = None
         except BaseException as exc:
-            return _error(task_id, reply_fd, reply, wire.LOAD_FAILED, exc, 1)
+            record = codec.load_error_record(exc, part)
+            return task_id, reply_fd, reply, wire.LOAD_FAILED, _dump_record(record), None, None
         start = time.perf_counter()
         try:
             if call_kind == wire.CALL:

@@ -85,6 +85,11 @@ ITEMS = 2  # like CHUNK, but the result is (values so far, error record of the f
 FN_PICKLED = "p"  # ("p", cloudpickle blob)
 FN_REF = "r"  # ("r", module, qualname, file or None)
 
+# A TASK's roots are what the worker needs to import the caller's code: sys.path
+# directories, and this prefix + "path:<file>" or "module:<name>" for the caller's
+# main script (`mainscript`), when the task names something defined there.
+MAIN_ROOT = "__main__:"
+
 # Where a message's out-of-band buffers are (the "oob" field of its meta)
 OOB_INLINE = "i"  # ("i", ((offset from body start, size), ...))
 OOB_FD = "f"  # ("f", ((offset, size), ...), segment size): the frame's first descriptor
