@@ -73,3 +73,29 @@ def require_interpreter(version: str):
         versions = [i.version_text for i in interpreters.discover()]
         pytest.fail(f"no python {version} found on this machine (found {versions})")
     return found
+
+
+# The envs that tests/test_boundary_*.py cross into: (Python X.Y, numpy pin) by name.
+_NEWER = "3.13" if CALLER_XY == "3.12" else "3.12"
+BOUNDARY_ENVS = {
+    "py3.9-numpy1.23": ("3.9", "numpy==1.23.5"),  # another Python, old numpy
+    f"py{CALLER_XY}-numpy1.26": (CALLER_XY, "numpy==1.26.4"),  # the caller's, old numpy
+    f"py{_NEWER}-numpy2": (_NEWER, "numpy==2.2.6"),  # another Python, new numpy
+}
+
+
+@pytest.fixture(scope="session")
+def boundary_envs(tmp_path_factory, shared_pkgs):
+    """The BOUNDARY_ENVS as `Env.existing` (what every API takes), built once per
+    session from PyPI in a store of their own."""
+    import bayou
+
+    store = tmp_path_factory.mktemp("boundary-store")
+    built = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BAYOU_PKGS_DIR", str(shared_pkgs))
+        for name, (python, numpy) in BOUNDARY_ENVS.items():
+            require_interpreter(python)
+            env = bayou.provision(bayou.Env(python=python, pip=[numpy]), store=store)
+            built[name] = bayou.Env.existing(env.prefix)
+    return built

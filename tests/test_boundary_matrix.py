@@ -27,34 +27,14 @@ import pytest
 import bayou
 import bayou.shm
 from bayou import EnvExecutor
-from tests.conftest import CALLER_XY, require_interpreter
+from tests.conftest import BOUNDARY_ENVS as ENVS
 from tests.executor_tasks import values
 
 pytestmark = pytest.mark.slow
 T = 120
 
-NEWER = "3.13" if CALLER_XY == "3.12" else "3.12"
-ENVS = {
-    "py3.9-numpy1.23": ("3.9", "numpy==1.23.5"),
-    f"py{CALLER_XY}-numpy1.26": (CALLER_XY, "numpy==1.26.4"),
-    f"py{NEWER}-numpy2": (NEWER, "numpy==2.2.6"),
-}
 VALUE_NAMES = values.names()
 CALLABLES = values.callables()
-
-
-@pytest.fixture(scope="session")
-def boundary_envs(tmp_path_factory, shared_pkgs) -> dict[str, bayou.Env]:
-    """The three envs, built once, as `Env.existing` (what any API takes)."""
-    store = tmp_path_factory.mktemp("boundary-store")
-    built = {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BAYOU_PKGS_DIR", str(shared_pkgs))
-        for name, (python, numpy) in ENVS.items():
-            require_interpreter(python)
-            env = bayou.provision(bayou.Env(python=python, pip=[numpy]), store=store)
-            built[name] = bayou.Env.existing(env.prefix)
-    return built
 
 
 @pytest.fixture(scope="module", params=list(ENVS))

@@ -158,6 +158,8 @@ def describe(obj: Any) -> str:
     if name == "<lambda>":
         return f"the lambda defined in module {module!r}"
     if "<locals>" in name:
+        if isinstance(obj, type):
+            return f"the local class {module}.{name} (defined inside a function)"
         return f"the nested function {module}.{name}"
     kind = "class" if isinstance(obj, type) else "function"
     return f"the {kind} {module}.{name}"
@@ -465,7 +467,10 @@ def loads(data, start: int = 0, end: int | None = None, buffers=None) -> Any:
         end = len(data)
     view = memoryview(data)[start:end] if start or end != len(data) else data
     if not names.mentions(data, start, end):
-        return pickle.loads(view, buffers=buffers)
+        try:
+            return pickle.loads(view, buffers=buffers)
+        except Exception:
+            pass  # again, through find_class: the error then says which global failed
     return _Unpickler(io.BytesIO(view), buffers=buffers).load()
 
 

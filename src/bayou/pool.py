@@ -1038,6 +1038,9 @@ class Pool:
 
     def _complete(self, item: WorkItem, status: int, data: Any) -> None:
         """Settle `item`: `data` is (payload, start, end, buffers) for OK, else an error record."""
+        failure = None
+        if status != wire.OK and not item.cancel_requested and not isinstance(data, BaseException):
+            failure = self._remote_error(item, status, data)  # before release: it reads item.call
         item.release()
         fut = item.future
         if item.cancel_requested:
@@ -1060,7 +1063,7 @@ class Pool:
         if isinstance(data, BaseException):
             _set_exception(fut, data)
             return
-        _set_exception(fut, self._remote_error(item, status, data))
+        _set_exception(fut, failure)
 
     def _remote_error(self, item: WorkItem, status: int, data: dict) -> BaseException:
         """The exception a failed task's error record stands for."""

@@ -205,3 +205,15 @@ def callables():
         "builtin classmethod": (dict.fromkeys, ("ab", 0), {"a": 0, "b": 0}),
         "stdlib function": (math.hypot, (3, 4), 5.0),
     }
+
+
+def import_and_make(directory, module_name):
+    """An instance of a class only this worker can import."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, directory)
+    try:
+        return importlib.import_module(module_name).Thing()
+    finally:
+        sys.path.remove(directory)
