@@ -1,4 +1,4 @@
-"""Executors side by side: ProcessPoolExecutor, bayou, bayou in an env, loky, Wetlands.
+"""Executors side by side: ProcessPoolExecutor, bayou, bayou in envs, loky, Wetlands.
 
 One process measures every executor on the same workloads, on this machine,
 in this run, so the ratios compare like with like. The contenders:
@@ -9,6 +9,15 @@ in this run, so the ratios compare like with like. The contenders:
                  caller's Python X.Y, provisioned before anything is timed (so every
                  figure is for a cached env; the constructor still does the store
                  lookup); functions travel by value with bayou's cloudpickle
+* ``bayou-np1``  ``bayou.EnvExecutor(2, env=bayou.Env(python="3.9", pip=["numpy==1.23.5"]))``:
+                 another Python and numpy 1.x, provisioned before timing like bayou-env
+                 (skipped, with a note, when no Python 3.9 is on the machine). Functions
+                 travel by reference; arrays cross between the caller's numpy 2 and
+                 numpy 1.x, both ways. Its extra ratio column ``bayou-np1/bayou-env`` sets
+                 it against bayou-env, a numpy 2 env: what crossing numpy (and Python)
+                 versions costs. For the 100 MB round trip the goal is at most 1.2x
+                 bayou-env's and at most 0.1x PPE's; the line under the table says
+                 whether this run meets it
 * ``loky``       ``loky.ProcessPoolExecutor(2)``, when loky is importable (else skipped)
 * ``Wetlands``   a Wetlands worker pool of 2 (``environment.start(workers=2)``) over a
                  local venv (numpy) provisioned by bayou, through a pixi stand-in
@@ -55,7 +64,9 @@ PPE workers re-import the main module, and should not pay for numpy or bayou.
 
 The ratio columns are cost ratios, each executor over PPE: time over time,
 memory over memory, and for throughput PPE tasks/s over its tasks/s. Below
-1.00 it is better (faster, or smaller) than PPE, above 1.00 PPE is.
+1.00 it is better (faster, or smaller) than PPE, above 1.00 PPE is. The last
+column, bayou-np1/bayou-env, is the same cost ratio of the numpy 1.x env over
+the numpy 2 env.
 
     python benchmarks/compare.py            # full run, a couple of minutes
     python benchmarks/compare.py --quick    # CI smoke, well under 90 s on 2 cores
@@ -125,6 +136,12 @@ QUICK = Settings(
 )
 SMALL_BYTES = 1 * MIB
 BIG_BYTES = 100 * MIB
+
+NUMPY1_PYTHON, NUMPY1 = "3.9", "1.23.5"  # bayou-np1: another Python, numpy 1.x
+# Extra ratio columns X/Y: bayou-np1 against a numpy 2 env, bayou-env.
+PAIRS = [("bayou-np1", "bayou-env")]
+# bayou-np1's 100 MB round trip: at most this much of bayou-env's, and of PPE's.
+NUMPY1_GOALS = {"bayou-env": 1.2, "PPE": 0.1}
 
 
 @dataclass(frozen=True)
@@ -335,24 +352,13 @@ def contenders(run_notes: list[str]) -> tuple[list[Contender], dict[str, Any]]:
         Contender("bayou", lambda: bayou.EnvExecutor(WORKERS)),
     ]
     info: dict[str, Any] = {}
-    env = bayou.Env(pip=["numpy"])
-    t0 = time.perf_counter()
-    try:
-        environment = bayou.provision(env)
-    except Exception as exc:
-        run_notes.append(f"bayou-env skipped: provisioning {env} failed: {exc}")
-    else:
-        seconds = time.perf_counter() - t0
-        info = {
-            "provision_s": seconds,
-            "env_hash": environment.hash,
-            "env_python": environment.python_version,
-        }
-        run_notes.append(
-            f"bayou-env: env {environment.hash} (Python {environment.python_version}, "
-            f"numpy) provisioned or found in {seconds:.2f} s before timing"
-        )
-        out.append(Contender("bayou-env", lambda: bayou.EnvExecutor(WORKERS, env=env)))
+    for name, spec in (
+        ("bayou-env", {"pip": ["numpy"]}),
+        ("bayou-np1", {"python": NUMPY1_PYTHON, "pip": [f"numpy=={NUMPY1}"]}),
+    ):
+        contender = env_contender(name, spec, run_notes, info)
+        if contender is not None:
+            out.append(contender)
     try:
         import loky
     except ImportError:
@@ -364,6 +370,37 @@ def contenders(run_notes: list[str]) -> tuple[list[Contender], dict[str, Any]]:
     if wetlands is not None:
         out.append(wetlands)
     return out, info
+
+
+def env_contender(
+    name: str, spec: dict[str, Any], run_notes: list[str], info: dict[str, Any]
+) -> Contender | None:
+    """bayou in the env `spec` describes, built or found here, before any timing."""
+    import bayou
+
+    env = bayou.Env(**spec)
+    t0 = time.perf_counter()
+    try:
+        environment = bayou.provision(env)
+    except Exception as exc:
+        run_notes.append(f"{name} skipped: provisioning {env} failed: {exc}")
+        return None
+    seconds = time.perf_counter() - t0
+    numpy = next(
+        (p["version"] for p in environment.record.get("pip_packages", ()) if p["name"] == "numpy"),
+        "?",
+    )
+    info[name] = {
+        "provision_s": seconds,
+        "env_hash": environment.hash,
+        "env_python": environment.python_version,
+        "env_numpy": numpy,
+    }
+    run_notes.append(
+        f"{name}: env {environment.hash} (Python {environment.python_version}, numpy "
+        f"{numpy}) provisioned or found in {seconds:.2f} s before timing"
+    )
+    return Contender(name, lambda: bayou.EnvExecutor(WORKERS, env=env))
 
 
 WETLANDS_SCALE = 0.02  # Wetlands runs 2% of the round trips and map tasks (its per-call cost)
@@ -487,11 +524,17 @@ def cost_ratio(m: Metric, ours: float | None, base: float | None) -> float | Non
     return base / ours if m.higher_is_better else ours / base
 
 
-def table(run: Run) -> str:
+def ratio_columns(run: Run) -> list[tuple[str, str]]:
+    """(X, Y) for each X/Y column: every executor over PPE, then the PAIRS present."""
     names = [c.name for c in run.contenders]
+    over_ppe = [(n, "PPE") for n in names if n != "PPE"] if "PPE" in names else []
+    return over_ppe + [(x, y) for x, y in PAIRS if x in names and y in names]
+
+
+def table(run: Run) -> str:
     by_name = {c.name: c for c in run.contenders}
-    ratio_cols = [n for n in names if n != "PPE"] if "PPE" in by_name else []
-    head = ["workload", "unit", *names, *(f"{n}/PPE" for n in ratio_cols)]
+    columns = ratio_columns(run)
+    head = ["workload", "unit", *by_name, *(f"{x}/{y}" for x, y in columns)]
     rows = [head]
     for m in METRICS:
         row = [m.label, m.unit]
@@ -501,8 +544,8 @@ def table(run: Run) -> str:
                 row.append("n/a")
             else:
                 row.append("failed" if v is None else f"{v * m.scale:,.{m.digits}f}")
-        for n in ratio_cols:
-            r = cost_ratio(m, by_name[n].results.get(m.key), by_name["PPE"].results.get(m.key))
+        for x, y in columns:
+            r = cost_ratio(m, by_name[x].results.get(m.key), by_name[y].results.get(m.key))
             row.append("-" if r is None else f"{r:.2f}")
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
@@ -515,6 +558,29 @@ def table(run: Run) -> str:
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def numpy1_verdict(run: Run) -> str | None:
+    """Whether bayou-np1's 100 MB round trip meets its goals (NUMPY1_GOALS), in words."""
+    by_name = {c.name: c for c in run.contenders}
+    np1 = by_name.get("bayou-np1")
+    if np1 is None:
+        return None
+    m = next(m for m in METRICS if m.key == "array_100mb")
+    parts, met = [], True
+    for base, goal in NUMPY1_GOALS.items():
+        other = by_name[base].results.get(m.key) if base in by_name else None
+        r = cost_ratio(m, np1.results.get(m.key), other)
+        if r is None:
+            parts.append(f"{base}: not measured (goal <= {goal}x)")
+            met = False
+        else:
+            parts.append(f"{r:.3f}x {base}'s (goal <= {goal}x)")
+            met = met and r <= goal
+    return (
+        f"numpy 1.x env, 100 MB round trip: {', '.join(parts)}: "
+        f"{'goal met' if met else 'GOAL MISSED'}"
+    )
 
 
 def report(run: Run, info: dict[str, Any], runtime: float, quick: bool) -> dict[str, Any]:
@@ -534,6 +600,11 @@ def report(run: Run, info: dict[str, Any], runtime: float, quick: bool) -> dict[
                 for c in run.contenders
                 if c.name != "PPE"
             }
+        for x, y in ratio_columns(run):
+            if y != "PPE":
+                entry.setdefault("cost_ratios", {})[f"{x}/{y}"] = cost_ratio(
+                    m, by_name[x].results.get(m.key), by_name[y].results.get(m.key)
+                )
         metrics[m.key] = entry
     return {
         "mode": "quick" if quick else "full",
@@ -552,6 +623,7 @@ def report(run: Run, info: dict[str, Any], runtime: float, quick: bool) -> dict[
         "samples": {
             c.name: {k: v for k, v in c.samples.items() if k != "latency"} for c in run.contenders
         },
+        "numpy1_goals": {"metric": "array_100mb", "max_cost_ratio": NUMPY1_GOALS},
         "notes": run.notes,
     }
 
@@ -584,11 +656,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(table(run))
     print(
-        "\nX/PPE columns = X's cost / PPE's cost: time/time, memory/memory, and for "
-        "throughput\nPPE tasks/s / X's tasks/s. Below 1.00 X is better, above 1.00 "
-        "PPE is.\ncold start includes the 50 ms task (floor 50 ms); USS = unique memory "
+        "\nX/Y columns = X's cost / Y's cost: time/time, memory/memory, and for "
+        "throughput\nY tasks/s / X's tasks/s. Below 1.00 X is better, above 1.00 "
+        "Y is.\ncold start includes the 50 ms task (floor 50 ms); USS = unique memory "
         "per worker."
     )
+    verdict = numpy1_verdict(run)
+    if verdict is not None:
+        print(verdict)
     for note in run.notes:
         print(f"note: {note}")
     print(f"\nruntime {runtime:.1f} s")

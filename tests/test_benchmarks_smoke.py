@@ -16,7 +16,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 @pytest.mark.parametrize(
     "script, marker",
     [
-        ("compare.py", "bayou/PPE"),
+        ("compare.py", "bayou-np1/bayou-env"),  # the numpy 1.x env (Python 3.9) ran too
         ("provisioning.py", "ratio = bayou / plain"),
         ("joblib_overhead.py", "bayou/loky"),
         ("chaos.py", "lost"),

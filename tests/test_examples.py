@@ -24,6 +24,11 @@ EXPECTED = {
         "packaging 21.3: <LegacyVersion('2024.1-final-ish')>",
         "packaging 24.1: InvalidVersion",
     ],
+    "two_numpys.py": [
+        "numpy 1.23.5 / scikit-image 0.19.3: 5 objects",
+        "numpy 2.4.6 / scikit-image 0.26.0: 5 objects",
+        "the two segmentations agree",
+    ],
 }
 
 
