@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -126,6 +127,11 @@ def test_fork_whose_child_falls_out_of_the_task_never_answers(caplog):
         # the forked child reads no TASK from the socket it shares with the worker
         assert {ex.submit(basic.getpid).result(T) for _ in range(20)} == {worker}
         children = psutil.Process(worker).children()
+        deadline = time.monotonic() + 10  # the child is on its way out (os._exit): let it
+        while time.monotonic() < deadline and any(
+            c.status() != psutil.STATUS_ZOMBIE for c in children
+        ):
+            time.sleep(0.05)
         assert all(c.status() == psutil.STATUS_ZOMBIE for c in children)
     assert any("forked by a task" in r.getMessage() for r in caplog.records)
 

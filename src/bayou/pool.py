@@ -1248,6 +1248,10 @@ class Pool:
     def _lines(self, w: WorkerHandle, tag: str, lines: list[bytes]) -> None:
         level = logging.INFO if tag == "out" else logging.WARNING
         log_file = self._log_file(w)
+        if log_file is not None and log_file.tell() >= logs.WORKER_LOG_MAX_BYTES:
+            # rotated before writing, not after: the newest lines are always in <log>
+            self._rotate_log(w)
+            log_file = w.log_file
         stamp = time.strftime("%H:%M:%S")
         to_logger = self.output == "logging"
         for raw in lines:
@@ -1260,8 +1264,6 @@ class Pool:
                 w.logger.log(level, "%s", text, extra={"worker_pid": w.pid, "stream": tag})
         if log_file is not None:
             log_file.flush()
-            if log_file.tell() >= logs.WORKER_LOG_MAX_BYTES:
-                self._rotate_log(w)
 
     @staticmethod
     def _rotate_log(w: WorkerHandle) -> None:
