@@ -102,14 +102,18 @@ def _matches(value: Any, want: Any) -> bool:
     return type(value) is type(want) and value == want
 
 
-PROCESS_PARENTS = OneOf(("loky", "multiprocessing", "back_compat_backend", "bayou"))
+#: Outer backends whose workers are fresh interpreters, where nothing registered "bayou".
+#: Not "multiprocessing": its workers fork (on Linux), so they inherit the registration,
+#: and `bayou.joblib` gives a forked child executors of its own (`_after_fork_in_child`).
+SPAWNING_PARENTS = OneOf(("loky", "back_compat_backend", "bayou"))
 
 _UNREGISTERED = (
     "The inner `Parallel(backend='bayou')` runs in a worker process of the outer backend, "
     "where nothing imported `bayou.joblib`, so joblib there does not know the name "
     "'bayou' (joblib registers only its own backends; a task that wants nested bayou "
-    "parallelism imports `bayou.joblib` itself). The same combinations with bayou outside "
-    "or below threading/sequential run."
+    "parallelism imports `bayou.joblib` itself). The same combinations with bayou outside, "
+    "or below threading, sequential or multiprocessing (whose workers fork on Linux, so "
+    "they inherit the registration), run."
 )
 _NO_JOBLIB_STATE = (
     "Checks the joblib configuration a task sees (`parallel_config` that joblib's "
@@ -126,12 +130,12 @@ _MEMMAP = (
 
 #: Cases skipped, with the reason. README.md's table is generated from this dict.
 SKIPS: dict[Rule, str] = {
-    Rule("test_nested_loop", (("parent_backend", PROCESS_PARENTS), ("child_backend", "bayou"))): (
-        _UNREGISTERED
-    ),
+    Rule(
+        "test_nested_loop", (("parent_backend", SPAWNING_PARENTS), ("child_backend", "bayou"))
+    ): _UNREGISTERED,
     Rule(
         "test_nested_parallel_warnings",
-        (("parent_backend", PROCESS_PARENTS), ("child_backend", "bayou")),
+        (("parent_backend", SPAWNING_PARENTS), ("child_backend", "bayou")),
     ): _UNREGISTERED,
     Rule("test_dispatch_one_job"): (
         "Expects `n_jobs=1` to run the calls in the calling process, interleaved with the "
@@ -174,6 +178,18 @@ OVERRIDES: dict[tuple[Rule, str], tuple[Any, str]] = {
         False,
         "joblib warns about process pools started below threads because they fork; "
         "bayou starts its workers with subprocess (no fork), so there is rightly no warning.",
+    ),
+    (
+        Rule(
+            "test_nested_parallel_warnings",
+            (("parent_backend", "multiprocessing"), ("child_backend", "bayou")),
+        ),
+        "expected",
+    ): (
+        False,
+        "joblib warns when a loky or multiprocessing pool would start inside a daemonic "
+        "multiprocessing worker, which may not have children; bayou starts its workers with "
+        "subprocess, which a daemonic process may do, so there is rightly no warning.",
     ),
     (Rule("test_multiple_generator_call_separated_gc", (("backend", "bayou"),)), "error"): (
         False,

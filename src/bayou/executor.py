@@ -159,6 +159,40 @@ def _resolve_and_hold(env: Any, allow_current: bool) -> tuple[Environment, EnvHo
     raise RuntimeError(f"environment {environment.prefix} keeps being removed while starting")
 
 
+def _start_method(mp_context: Any) -> str | None:
+    """The start method of a multiprocessing context (None: none given, or not a context)."""
+    get = getattr(mp_context, "get_start_method", None)
+    if mp_context is None or not callable(get):
+        return None
+    return get(allow_none=False)
+
+
+def _initializer_pickling_error(
+    initializer: Callable, initargs: tuple, exc: Exception
+) -> errors.PicklingError:
+    """The error for an initializer or initargs that cannot be pickled, naming the culprit.
+
+    A multiprocessing queue, lock, event... in the initargs (only inheritance
+    can share those) is named by its position, with the manager proxy to pass
+    instead (`bayou.mp_objects`).
+    """
+    from . import mp_objects
+
+    found = mp_objects.locate(initargs, "initargs")
+    if found is not None:
+        where, obj = found
+        cls = type(obj)
+        return errors.PicklingError(
+            f"cannot pickle {where} ({cls.__module__}.{cls.__qualname__}) of the initializer "
+            f"{_label(initializer)}: {type(exc).__name__}: {exc}; "
+            f"{mp_objects.inheritance_only_hint(obj)}"
+        )
+    return errors.PicklingError(
+        f"cannot pickle the initializer {_label(initializer)} or its initargs: "
+        f"{type(exc).__name__}: {exc}"
+    )
+
+
 def _constructor_signature(init: Callable) -> inspect.Signature:
     """`init`'s signature without `self`: what calling the class takes."""
     sig = inspect.signature(init)
@@ -246,6 +280,14 @@ class EnvExecutor(Executor):
                 raise TypeError("max_tasks_per_child must be an integer")
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
+            if _start_method(mp_context) == "fork":
+                # ProcessPoolExecutor's refusal (CPython gh-90622), word for word:
+                # code written for it expects the ValueError, though bayou's own
+                # workers never fork
+                raise ValueError(
+                    "max_tasks_per_child is incompatible with the 'fork' multiprocessing "
+                    "start method; supply a different mp_context."
+                )
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         for option, value in (
@@ -273,10 +315,7 @@ class EnvExecutor(Executor):
             try:
                 init_blob, init_roots = self._encoder.dumps((initializer, tuple(initargs)))
             except Exception as exc:
-                raise errors.PicklingError(
-                    f"cannot pickle the initializer {_label(initializer)} or its initargs: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+                raise _initializer_pickling_error(initializer, tuple(initargs), exc) from exc
         self._max_workers = max_workers
         self._mp_context = mp_context or multiprocessing.get_context("spawn")
         options = dict(

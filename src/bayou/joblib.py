@@ -34,6 +34,14 @@ Data flow::
   `bayou.cancel(future, grace=0)`: queued ones are dropped, running ones are
   killed with their worker, which the pool replaces when work comes. Other
   `Parallel` calls sharing the executor are untouched.
+* **A forked child starts afresh.** A process forked from one that used the
+  backend (a task of joblib's ``"multiprocessing"`` backend, an `os.fork`)
+  inherits copies of the cached executors, whose supervisor threads and
+  callback thread do not exist in it; a batch submitted there would go to the
+  parent's workers or to nobody, and the child would wait for ever. So the
+  child forgets them (`_after_fork_in_child`, run by `os.register_at_fork`):
+  it never uses nor shuts down the parent's executors and starts workers of
+  its own when it calls `Parallel`.
 * **n_jobs=1 still runs in the environment.** joblib runs a backend that
   reports one job in the calling process (that would be the wrong
   environment), so for one worker the backend reports two jobs in flight to
@@ -50,8 +58,10 @@ import concurrent.futures
 import dataclasses
 import logging
 import multiprocessing
+import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -78,6 +88,7 @@ from joblib.parallel import (  # noqa: E402  (after the version check)
     register_parallel_backend,
 )
 
+from . import pool as pool_module  # noqa: E402
 from .env import Env  # noqa: E402
 from .environment import Environment, current_environment  # noqa: E402
 from .executor import BayouFuture, EnvExecutor  # noqa: E402
@@ -342,6 +353,7 @@ class BayouBackend(AutoBatchingMixin, ParallelBackendBase):
         self._resolved: tuple[Any, Environment] | None = None
         self._lock = threading.Lock()
         self._in_flight: set[concurrent.futures.Future] = set()
+        _backends.add(self)
 
     def __repr__(self) -> str:
         env = getattr(self.env, "hash", None) or "current"
@@ -425,6 +437,12 @@ class BayouBackend(AutoBatchingMixin, ParallelBackendBase):
         """The executor while configured, else None (the attribute joblib's tests inspect)."""
         return None if self._slot is None else self._slot.executor
 
+    def _forget_parent(self) -> None:
+        """In a forked child: drop the parent's executor and batches (never touch them)."""
+        self._slot = None
+        self._lock = threading.Lock()
+        self._in_flight = set()
+
     def terminate(self) -> None:
         """End of a `Parallel` call: give the executor back (its workers stay for reuse)."""
         slot, self._slot = self._slot, None
@@ -490,6 +508,47 @@ class BayouBackend(AutoBatchingMixin, ParallelBackendBase):
         elif futures:
             concurrent.futures.wait(futures, timeout=ABORT_WAIT)
         self.reset_batch_stats()
+
+
+# -- fork -------------------------------------------------------------------------
+
+#: Every backend instance, so a forked child can make each forget its parent's executor.
+_backends: weakref.WeakSet[BayouBackend] = weakref.WeakSet()
+
+#: In a forked child: the parent's cached executors, kept (never collected, so
+#: nothing of theirs runs here) but never used.
+_inherited: list[_Slot] = []
+
+
+def _after_fork_in_child() -> None:
+    """Give a forked child fresh backend state: no executors, new locks, no callback thread.
+
+    The parent's executors were copied with the process, without their
+    supervisor threads but with their workers' sockets, which the parent
+    still reads: a batch submitted to one would never complete (or run on a
+    worker of the parent), shutting one down would message the parent's
+    workers, and its lock may have been held at the fork. So they are set
+    aside, untouched for good: kept referenced, their finalizers detached,
+    out of the pools that `bayou.pool` shuts down at interpreter exit. The
+    child's next `Parallel` call starts workers of its own. The backend's
+    locks are new: another thread of the parent may have held them.
+    """
+    global _slots, _slots_lock, _callbacks
+    inherited, _slots = _slots, []
+    _slots_lock = threading.Lock()
+    _callbacks = _CallbackThread()
+    for slot in inherited:
+        finalizer = getattr(slot.executor, "_finalizer", None)
+        if finalizer is not None:
+            finalizer.detach()  # at exit it would shut the parent's pool down from here
+        pool_module._live_pools.discard(slot.executor._pool)  # and so would _python_exit
+    _inherited.extend(inherited)
+    for backend in list(_backends):
+        backend._forget_parent()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def register() -> None:
