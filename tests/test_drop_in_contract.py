@@ -156,3 +156,18 @@ def test_manager_queue_in_initargs_works_end_to_end():
         hello, task = queue.get(timeout=T), queue.get(timeout=T)
     assert hello[0] == "ready" and task[0] == 7
     assert hello[1] == task[1] != os.getpid()  # put by the worker, got by the caller
+
+
+def test_multiprocessing_queue_as_a_submit_argument_names_it_and_the_manager_proxy():
+    queue = multiprocessing.Queue()
+    with EnvExecutor(1) as ex:
+        fut = ex.submit(note, "x", {"results": queue})
+        with pytest.raises(errors.PicklingError) as info:
+            fut.result(60)
+        message = str(info.value)
+        assert message.startswith(
+            "cannot pickle argument 1['results'] (multiprocessing.queues.Queue) of the call to "
+            "the function tests.test_drop_in_contract.note: RuntimeError: "
+        ), message
+        assert "multiprocessing.Manager().Queue()" in message
+        assert ex.submit(len, [1]).result(60) == 1  # only that future failed

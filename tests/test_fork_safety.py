@@ -205,3 +205,43 @@ def test_forked_child_exits_normally_while_a_parent_thread_held_a_cached_pool():
         """
     )
     assert found == {"child_exit": 0, "first": [0, 1, 4], "again": [0, 1, 4]}
+
+
+def test_a_forked_child_refuses_its_parents_executor_and_makes_its_own():
+    found = run_scenario(
+        """
+        import bayou
+        from tests.test_fork_safety import square
+
+        ex = bayou.EnvExecutor(1)
+        parent_worker = ex.submit(os.getpid).result(60)
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:
+            try:
+                ex.submit(square, 3)
+                refused = None
+            except RuntimeError as exc:
+                refused = str(exc)
+            with bayou.EnvExecutor(1) as own:
+                mine = own.submit(os.getpid).result(60), own.submit(square, 4).result(60)
+            os.write(write, json.dumps({"refused": refused, "mine": mine}).encode())
+            sys.exit(0)  # a normal exit: atexit hooks and finalizers run, and must not hang
+        os.close(write)
+        seen = json.loads(os.read(read, 65536))
+        _, status = os.waitpid(child, 0)
+        seen.update(
+            status=status,
+            parent_worker=parent_worker,
+            after=ex.submit(os.getpid).result(60),
+            square=ex.submit(square, 5).result(60),
+        )
+        ex.shutdown()
+        print(json.dumps(seen))
+        """
+    )
+    assert found["status"] == 0
+    assert "Create an EnvExecutor in the child" in found["refused"]
+    assert found["mine"][1] == 16 and found["mine"][0] != found["parent_worker"]
+    # the parent's pool is untouched: same worker, still answering
+    assert found["after"] == found["parent_worker"] and found["square"] == 25

@@ -50,12 +50,12 @@ import sysconfig
 import types
 import weakref
 from collections import ChainMap
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
 
-from . import errors
+from . import errors, mp_objects
 from .worker import names, wire
 from .worker import shm as worker_shm
 
@@ -326,7 +326,7 @@ class TaskEncoder:
         except Exception as exc:
             raise self._args_error(fn, exc, chunk_candidates(chunk)) from _cause(exc)
 
-    def _args_error(self, fn, exc, candidates: Iterable) -> errors.PicklingError:
+    def _args_error(self, fn, exc, candidates: list) -> errors.PicklingError:
         culprit = "an argument"
         for label, value in candidates:
             try:
@@ -339,6 +339,13 @@ class TaskEncoder:
                 f"{culprit} of the call to {describe(fn)}: {exc.message()}"
             )
         reason = f"{type(exc).__name__}: {exc}"
+        for label, value in candidates:  # a multiprocessing queue or lock: say what works
+            found = mp_objects.locate(value, label)
+            if found is not None:
+                where, obj = found
+                culprit = f"{where} ({type_label(obj)})"
+                reason += f"; {mp_objects.inheritance_only_hint(obj)}"
+                break
         return errors.PicklingError(
             f"cannot pickle {culprit} of the call to {describe(fn)}: {reason}"
         )

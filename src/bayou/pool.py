@@ -318,6 +318,7 @@ class Pool:
         self._keep_logs = False
 
         self.processes: dict[int, WorkerProcess] = {}
+        self._pid = os.getpid()  # a forked child has a copy of this pool, not its workers
         self.broken: str | None = None
         self._broken_cause: BaseException | None = None
         self._lock = threading.Lock()
@@ -350,6 +351,12 @@ class Pool:
     def submit(self, item: WorkItem) -> None:
         if _global_shutdown:
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                f"this executor was created in process {self._pid}, and process "
+                f"{os.getpid()} is a fork of it: its workers and supervisor thread belong to "
+                "that process. Create an EnvExecutor in the child instead."
+            )
         self._ensure_started()
         with self._lock:
             if self.broken is not None:
@@ -373,6 +380,8 @@ class Pool:
     def cancel(self, item: WorkItem, grace: float) -> bool:
         """`bayou.cancel`: drop a queued task, or ask a running one to stop then kill."""
         fut = item.future
+        if os.getpid() != self._pid:
+            return False  # the parent's task, on the parent's worker
         with self._lock:
             if fut.done():
                 return False
@@ -426,6 +435,8 @@ class Pool:
         deadline = None if timeout is None else time.monotonic() + timeout
         w = item.worker
         if w is None or w.dead or w.exiting or threading.current_thread() is self.thread:
+            return timeout
+        if os.getpid() != self._pid:
             return timeout
         held = interrupts.HeldInterrupts()  # Ctrl-C waits until our bookkeeping is whole
         held.hold()
@@ -533,6 +544,8 @@ class Pool:
         keeps its outcome, one still running then is killed and its future
         ends cancelled.
         """
+        if os.getpid() != self._pid:
+            return  # a forked child's copy: the parent's workers are not ours to stop
         cancelled: list[WorkItem] = []
         notify: list[tuple[WorkerHandle, int]] = []
         with self._lock:
@@ -1654,6 +1667,17 @@ def _python_exit() -> None:
     for pool in list(_live_pools):
         pool.shutdown(wait=True, cancel_futures=interrupted)
 
+
+def _after_fork_in_child() -> None:
+    """A forked child has copies of the parent's pools, without their supervisor threads,
+    and maybe with their locks held by a parent thread: at its exit it must not wait
+    for them, nor write to the parent's wake pipe or workers."""
+    global _live_pools
+    _live_pools = weakref.WeakSet()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 try:
     threading._register_atexit(_python_exit)  # type: ignore[attr-defined]

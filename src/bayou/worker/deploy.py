@@ -41,6 +41,15 @@ _lock = threading.Lock()
 _cache: dict = {}
 
 
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # a parent thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def default_root() -> Path:
     """`$BAYOU_HOME`, else the user cache directory."""
     home = os.environ.get("BAYOU_HOME")
@@ -116,9 +125,15 @@ def ensure_runtime(root=None) -> Path:
             target = _publish(tmp, "rt", files)
             import atexit
 
-            atexit.register(shutil.rmtree, tmp, True)
+            atexit.register(_remove_private_runtime, tmp, os.getpid())
         _cache[key] = target
         return target
+
+
+def _remove_private_runtime(path: Path, owner: int) -> None:
+    """At exit, in the process that made it only: a forked child exits too."""
+    if os.getpid() == owner:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _publish(parent: Path, name: str, files) -> Path:
