@@ -26,6 +26,7 @@ import pytest
 import bayou
 from bayou import pool as pool_module
 from bayou.executor import EnvExecutor
+from bayou.pool import connection as pool_connection
 from bayou.worker import deploy, wire
 from tests.executor_tasks import basic
 
@@ -136,7 +137,7 @@ def test_malformed_first_frames_are_dropped(ex, frame):
 
 
 def test_a_silent_client_is_dropped_after_the_handshake_timeout(ex, monkeypatch):
-    monkeypatch.setattr(pool_module, "_HANDSHAKE_TIMEOUT", 0.3)
+    monkeypatch.setattr(pool_connection, "HANDSHAKE_TIMEOUT", 0.3)
     sock, _ = _connect(ex)
     assert _dropped(sock)  # blocks until the pool hangs up (T bounds it)
     _still_works(ex)
@@ -248,7 +249,7 @@ def test_private_files_and_directories_whatever_the_umask(store):
             listener = ex._pool._listener
             assert _mode(listener.directory) == 0o700
             assert os.listdir(listener.directory) == ["s"]
-            log_dir = ex._pool._log_dir
+            log_dir = ex._pool.log_dir
             assert _mode(log_dir) == 0o700
             log_files = list(Path(log_dir).iterdir())
             assert log_files and all(_mode(p) == 0o600 for p in log_files)

@@ -26,7 +26,8 @@ from .store import Store
 
 __version__ = "0.1.0"
 
-from .executor import BayouFuture, EnvExecutor, Progress  # noqa: E402
+from .executor import EnvExecutor  # noqa: E402
+from .futures import BayouFuture, Progress  # noqa: E402
 from .persistent import attach  # noqa: E402  (persistent pools: docs/persistent.md)
 from .provision import ProgressEvent, provision  # noqa: E402  (needs __version__)
 from .run import run  # noqa: E402

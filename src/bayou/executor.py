@@ -31,86 +31,19 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from concurrent.futures import _base as futures_base
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import boundary, errors, protocol
 from . import pool as pool_module
 from .environment import Environment, current_environment
+from .futures import BayouFuture, Progress  # noqa: F401 (bayou.executor.BayouFuture still works)
 from .pool import OUTPUT_MODES, Pool, WorkItem
 from .store import EnvHold, Store
 from .worker import wire
 
 logger = logging.getLogger("bayou.executor")
-
-
-class Progress(NamedTuple):
-    """What a task last reported with `bayou.report_progress`."""
-
-    done: float
-    total: float | None
-    message: str | None
-
-
-class BayouFuture(Future):
-    """A `concurrent.futures.Future` that also carries the task's progress."""
-
-    _bayou_seconds: float | None = None  # how long the call ran in the worker
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._progress: Progress | None = None
-        self._progress_callbacks: list[Callable[[BayouFuture, Progress], object]] = []
-
-    @property
-    def progress(self) -> Progress | None:
-        return self._progress
-
-    # Set by the pool once the task is queued: reads the result off the worker's
-    # socket in the waiting thread (`Pool.follow`), saving the supervisor's hop.
-    _bayou_follow: Callable[[float | None], float | None] | None = None
-
-    def result(self, timeout: float | None = None) -> Any:
-        if self._state == futures_base.RUNNING and self._bayou_follow is not None:
-            timeout = self._bayou_follow(timeout)
-        return super().result(timeout)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        if self._state == futures_base.RUNNING and self._bayou_follow is not None:
-            timeout = self._bayou_follow(timeout)
-        return super().exception(timeout)
-
-    def add_progress_callback(self, fn: Callable[[BayouFuture, Progress], object]) -> None:
-        """Call `fn(future, progress)` on each update: from bayou's supervisor thread,
-        or from the thread waiting in `result()`, which reads its worker itself."""
-        with self._condition:
-            self._progress_callbacks.append(fn)
-
-    def _set_progress(self, done: float, total: float | None, message: str | None) -> None:
-        progress = Progress(done, total, message)
-        with self._condition:
-            self._progress = progress
-            callbacks = list(self._progress_callbacks)
-        for fn in callbacks:
-            try:
-                fn(self, progress)
-            except Exception:
-                logger.exception("exception calling progress callback for %r", self)
-
-    def _force_cancel(self) -> bool:
-        """Mark a *running* future cancelled (after bayou stopped its task)."""
-        with self._condition:
-            if self._state == futures_base.FINISHED:
-                return False
-            if self._state != futures_base.CANCELLED_AND_NOTIFIED:
-                self._state = futures_base.CANCELLED_AND_NOTIFIED
-                for waiter in self._waiters:
-                    waiter.add_cancelled(self)
-            self._condition.notify_all()
-        self._invoke_callbacks()
-        return True
 
 
 #: `submit_batch` runs each call as ``methodcaller("__call__")(partial)``: stdlib on both sides.
@@ -422,7 +355,7 @@ class EnvExecutor(Executor):
         )
 
     def _submit_item(self, make: Callable[[], WorkItem]) -> BayouFuture:
-        if pool_module._global_shutdown:
+        if pool_module.lifetime.stopping():
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         if self._pool.broken is not None:
             raise BrokenProcessPool(self._pool.broken)

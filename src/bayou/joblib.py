@@ -541,7 +541,7 @@ def _after_fork_in_child() -> None:
         finalizer = getattr(slot.executor, "_finalizer", None)
         if finalizer is not None:
             finalizer.detach()  # at exit it would shut the parent's pool down from here
-        pool_module._live_pools.discard(slot.executor._pool)  # and so would _python_exit
+        pool_module.lifetime.unregister(slot.executor._pool)  # and so would the exit hook
     _inherited.extend(inherited)
     for backend in list(_backends):
         backend._forget_parent()

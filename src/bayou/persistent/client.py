@@ -43,7 +43,7 @@ from typing import Any
 
 from .. import logs
 from ..environment import Environment
-from ..pool import SHUTDOWN_GRACE, Pool, WorkItem
+from ..pool import SHUTDOWN_GRACE, Pool, WorkItem, lifetime
 from ..store import Store
 from ..worker import wire
 from . import registry
@@ -252,7 +252,7 @@ class RemotePool:
             target=self._read_loop, name=f"bayou-persistent-{name}", daemon=True
         )
         self.thread.start()
-        _live.add(self)
+        lifetime.register(self)
 
     # -- called from user threads -------------------------------------------------------
 
@@ -347,7 +347,7 @@ class RemotePool:
             with contextlib.suppress(OSError, ValueError):
                 self._conn.send(("detach",))
             self._detached = True
-        _live.discard(self)
+        lifetime.unregister(self)
         if threading.current_thread() is not self.thread:
             self.thread.join(5.0)
         with contextlib.suppress(OSError):
@@ -412,7 +412,7 @@ class RemotePool:
             self._items.clear()
         for item in items:
             _fail(item.future, BrokenProcessPool(message))
-        _live.discard(self)
+        lifetime.unregister(self)
 
 
 def _cancel_by_ref(pool_ref, task_id: int, grace: float = 5.0) -> bool:
@@ -457,22 +457,3 @@ def local_result(status: int, data: Any) -> Any:
     if isinstance(data, bytes):
         return pickle.loads(data)  # an exception the host met decoding the result
     return data
-
-
-# -- interpreter exit: like ProcessPoolExecutor, finish what was submitted, then detach --
-
-_live: weakref.WeakSet[RemotePool] = weakref.WeakSet()
-
-
-def _python_exit() -> None:
-    for pool in list(_live):
-        with contextlib.suppress(Exception):
-            pool.shutdown(wait=True)
-
-
-try:
-    threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
-except (AttributeError, RuntimeError):  # pragma: no cover
-    import atexit
-
-    atexit.register(_python_exit)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import logs, protocol
-from ..executor import BayouFuture
+from ..futures import BayouFuture
 from ..pool import Pool, WorkItem
 from ..store import Store
 from ..worker import wire

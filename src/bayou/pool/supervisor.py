@@ -55,7 +55,6 @@ process group; killing it kills the group, so user subprocesses go too.
 
 from __future__ import annotations
 
-import codecs
 import collections
 import functools
 import itertools
@@ -65,11 +64,9 @@ import os
 import pickle
 import select
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -79,39 +76,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import boundary, errors, interrupts, logs, protocol, shm
-from .environment import Environment
-from .worker import deploy, wire
+from .. import errors, protocol, shm
+from ..environment import Environment
+from ..futures import set_exception, set_result
+from ..worker import deploy, wire
+from . import follow, lifetime, outcome, process
+from .connection import Handshakes
+from .output import MODES as OUTPUT_MODES
+from .output import LogDir, WorkerOutput
+from .process import WorkerProcess
 
 logger = logging.getLogger("bayou.executor")
 
 STARTING, IDLE, BUSY, RETIRING = "starting", "idle", "busy", "retiring"
 
-BOOTSTRAP = (
-    "import sys\n"
-    "if sys.path and sys.path[0] == '': sys.path[0] = sys.argv[1]\n"
-    "else: sys.path.insert(0, sys.argv[1])\n"
-    "from _bayou_worker.main import main\n"
-    "main()\n"
-)
-
 _MAX_SELECT = 0.5
-_HANDSHAKE_TIMEOUT = 10.0
-_MAX_AUTH_FRAME = 1 << 16  # bytes a connection may send before it has authenticated
 _RETIRE_TIMEOUT = 10.0
-_STDERR_TAIL = 20
-_MAX_LINE = 1 << 16  # bytes of a worker's output line kept whole in its log
 _MAX_START_FAILURES = 3  # consecutive workers that exit or crash before READY: broken env
 # Workers killed before READY by a signal someone sends (OOM killer, an admin, a chaos
 # test) say little about the env; only this many in a row break the pool.
 _MAX_START_KILLS = 12
 _OUTSIDE_KILLS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 _QUIET: tuple[type | None, str] = (None, "")  # a kill that fails no task by itself
-OUTPUT_MODES = ("inherit", "logging")
 PREFETCH = 1  # tasks per worker handed over ahead of time (CPython: EXTRA_QUEUED_CALLS)
 SHUTDOWN_GRACE = 1.0  # s a handed-over task may take to stop after shutdown(cancel_futures)
 MEMORY_CHECK_INTERVAL = 0.1  # s between RSS checks of a busy worker (a leak is caught after)
-_FOLLOW_SLICE = 0.25  # s a follower polls before it looks again (pidfd-less platforms)
 SPIN_SECONDS = 100e-6  # how long a waiting caller or an idle worker polls before sleeping
 
 
@@ -184,41 +173,6 @@ class WorkItem:
         return self._payload
 
 
-class WorkerProcess:
-    """A worker as `ProcessPoolExecutor._processes` shows it (pid, join, terminate)."""
-
-    def __init__(self, popen: subprocess.Popen) -> None:
-        self._popen = popen
-        self.pid = popen.pid
-        self._reaped = threading.Event()
-
-    @property
-    def exitcode(self) -> int | None:
-        return self._popen.returncode if self._reaped.is_set() else None
-
-    def is_alive(self) -> bool:
-        return not self._reaped.is_set()
-
-    def _signal(self, sig: int) -> None:
-        if not self._reaped.is_set():  # only the supervisor reaps: the pid is still ours
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self._signal(signal.SIGKILL)
-
-    def join(self, timeout: float | None = None) -> None:
-        self._reaped.wait(timeout)
-
-    def __repr__(self) -> str:
-        return f"<WorkerProcess pid={self.pid} alive={self.is_alive()}>"
-
-
 class WorkerHandle:
     """The supervisor's record of one worker process."""
 
@@ -253,14 +207,7 @@ class WorkerHandle:
         self.memory_strikes = 0  # consecutive checks that found it over the cap
         self.psutil_process = None
         self.pidfd: int | None = None
-        self.partial = {"out": b"", "err": b""}
-        self.decoders = {
-            tag: codecs.getincrementaldecoder("utf-8")("replace") for tag in ("out", "err")
-        }
-        self.err_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
-        self.log_path: Path | None = None
-        self.log_file = None
-        self.logger = logging.getLogger(f"bayou.worker.{pool.environment.hash}.{slot}")
+        self.output = WorkerOutput(pool.output, pool._logs, pool.environment.hash, slot, popen.pid)
         self.version = pool.environment.python_version
         self.env_hash = pool.environment.hash
 
@@ -313,9 +260,7 @@ class Pool:
         self.start_timeout = start_timeout
         self.spin = spin_seconds()  # see `_spin`; the workers get it too
         self._runtime_root = runtime_root
-        self._log_dir = Path(log_dir) if log_dir is not None else None
-        self._own_log_dir = log_dir is None
-        self._keep_logs = False
+        self._logs = LogDir(log_dir)
 
         self.processes: dict[int, WorkerProcess] = {}
         self._pid = os.getpid()  # a forked child has a copy of this pool, not its workers
@@ -339,17 +284,22 @@ class Pool:
         self._listener: protocol.Listener | None = None
         self._selector: selectors.BaseSelector | None = None
         self._wake_r = self._wake_w = -1
-        self._handshakes: dict[Any, tuple[bytes, bytearray, float]] = {}
+        self._handshakes: Handshakes | None = None
         self._command: list[str] = []
         self._environ: dict[str, str] = {}
         self._runtime_dir = ""
         # big argument and result buffers (bayou.shm); None where memfds do not exist
         self.segments: shm.SegmentPool | None = shm.SegmentPool() if shm.ENABLED else None
 
+    @property
+    def log_dir(self) -> Path | None:
+        """Where the workers' logs are (made when the first worker prints)."""
+        return self._logs.path
+
     # -- called from user threads ---------------------------------------------
 
     def submit(self, item: WorkItem) -> None:
-        if _global_shutdown:
+        if lifetime.stopping():
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         if os.getpid() != self._pid:
             raise RuntimeError(
@@ -368,7 +318,7 @@ class Pool:
             # records) alive in a cycle once the task is settled
             pool_ref, item_ref = weakref.ref(self), weakref.ref(item)
             item.future._bayou_cancel = functools.partial(_cancel_by_ref, pool_ref, item_ref)
-            item.future._bayou_follow = functools.partial(_follow_by_ref, pool_ref, item_ref)
+            item.future._bayou_follow = functools.partial(follow.by_ref, pool_ref, item_ref)
             self._pending.append(item)
             self._futures.add(item.future)
             assignments = self._assign_locked()
@@ -413,125 +363,8 @@ class Pool:
         return True
 
     def follow(self, item: WorkItem, timeout: float | None) -> float | None:
-        """Wait for a running task by reading its worker's socket in this thread.
-
-        Leader/follower: instead of the supervisor thread reading the RESULT
-        and waking the waiting thread (two thread switches, on a machine where
-        each costs tens of microseconds), the thread blocked in `result()`
-        takes the worker's socket out of the supervisor's selector and reads it
-        itself. It handles every frame the worker sends meanwhile exactly as the
-        supervisor would (heartbeats, progress, the result and the scheduling
-        that follows it) and gives the socket back before it settles the
-        future, so done-callbacks run with nothing held. It also watches the
-        worker's pidfd: when the worker dies it steps aside at once, and the
-        supervisor accounts for the death as usual. When it cannot take the
-        socket (another thread reads it, the task is not on a worker yet) it
-        does nothing and the caller waits on the future as before. Ctrl-C
-        stops it while it sleeps, and waits while it does bookkeeping
-        (`interrupts`).
-
-        Returns what is left of `timeout`.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        w = item.worker
-        if w is None or w.dead or w.exiting or threading.current_thread() is self.thread:
-            return timeout
-        if os.getpid() != self._pid:
-            return timeout
-        held = interrupts.HeldInterrupts()  # Ctrl-C waits until our bookkeeping is whole
-        held.hold()
-        try:
-            self._follow(w, item, deadline, held)
-        finally:
-            held.release()  # a Ctrl-C that came meanwhile is raised here
-        if deadline is None:
-            return None
-        return max(0.0, deadline - time.monotonic())
-
-    def _follow(self, w: WorkerHandle, item: WorkItem, deadline, held) -> None:
-        if not w.read_lock.acquire(blocking=False):
-            return
-        settles: list = []
-        with self._lock:
-            self._following += 1  # the supervisor ends only after we settled (shutdown)
-        try:
-            try:
-                sock = w.sock
-                if item.worker is not w or sock is None or w.dead or w.exiting:
-                    return
-                try:
-                    self._selector.unregister(sock)
-                except (KeyError, ValueError, OSError):
-                    return  # closing, or not registered (yet): the supervisor reads
-                try:
-                    self._read_as_follower(w, item, sock, deadline, settles, held)
-                finally:
-                    if w.sock is sock and not w.dead:
-                        try:
-                            self._selector.register(sock, selectors.EVENT_READ, w.sock_data)
-                        except (KeyError, ValueError, OSError):
-                            pass  # the pool is closing
-            finally:
-                w.read_lock.release()
-            for settled in settles:
-                self._complete(*settled)
-        except Exception as exc:
-            # A bug in bayou, as if the supervisor loop had raised it: the supervisor
-            # breaks the pool and fails every unsettled future (`_crashed`).
-            self._calls.append((functools.partial(_reraise, exc), threading.Event()))
-            self._wake()
-        finally:
-            with self._lock:
-                self._following -= 1
-            if self._shutdown:
-                self._wake()
-
-    def _spin(self, poller, w: WorkerHandle) -> list:
-        """Poll without sleeping for up to `self.spin` seconds, when `w` runs the only
-        task in flight: a sequential caller then gets a tiny task's result without
-        its CPU going idle and being woken (the wake-up is most of a round trip on a
-        virtual machine). With other tasks in flight their workers need the CPU
-        more, so it sleeps at once."""
-        if self._pending or self._ready:
-            return []
-        for x in self._workers:
-            if x.item is not None and x is not w:
-                return []
-        return wire.poll_briefly(poller, self.spin)
-
-    def _read_as_follower(
-        self, w: WorkerHandle, item: WorkItem, sock, deadline, settles: list, held
-    ) -> None:
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        if w.pidfd is not None:
-            poller.register(w.pidfd, select.POLLIN)
-        sock_fd = sock.fileno()
-        spin = self.spin > 0
-        while not settles and w.item is item and not item.future.done() and not held.caught:
-            wait = _FOLLOW_SLICE
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    return
-            held.polling = True  # nothing is half done while we sleep: Ctrl-C may stop it
-            try:
-                events = self._spin(poller, w) if spin else None
-                spin = False  # once per wait: a task still running after it is not tiny
-                if not events:
-                    events = poller.poll(wait * 1000)
-            except interrupts.Interrupted:
-                return
-            finally:
-                held.polling = False
-            if w.exiting or w.dead:
-                return
-            if not any(fd == sock_fd for fd, _ in events):
-                if events:
-                    return  # the pidfd: it died, the supervisor takes over
-                continue
-            if not self._receive(w, sock, settles):
-                return  # EOF: the supervisor sees it too once the socket is back
+        """Wait for a running task by reading its worker in this thread (`follow`)."""
+        return follow.follow(self, item, timeout)
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         """Stop taking work; finish what was submitted, or with `cancel_futures` cancel it.
@@ -589,11 +422,13 @@ class Pool:
                 return
             env = self.environment
             self._runtime_dir = str(deploy.ensure_runtime(self._runtime_root))
-            flags = [] if env.is_current else ["-s"]
-            self._command = [str(env.python), *flags, "-c", BOOTSTRAP, self._runtime_dir]
+            self._command = process.command(
+                str(env.python), self._runtime_dir, isolated=not env.is_current
+            )
             self._environ = env.environ()
             self._listener = protocol.Listener()
             self._selector = selectors.DefaultSelector()
+            self._handshakes = Handshakes(self._listener, self._selector)
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
@@ -602,7 +437,7 @@ class Pool:
             thread = threading.Thread(
                 target=self._run, name=f"bayou-supervisor-{env.hash}", daemon=True
             )
-            _live_pools.add(self)
+            lifetime.register(self)
             thread.start()
             self.thread = thread
 
@@ -743,7 +578,7 @@ class Pool:
                     w.item = None
             self._idle.clear()
             futures = list(self._futures)
-        self._keep_logs = True
+        self._logs.keep = True
         for w in workers:
             w.kill_reason = w.kill_reason or (BrokenProcessPool, message)
             for kill in (os.killpg, os.kill):
@@ -759,7 +594,7 @@ class Pool:
                 pass
             w.dead = True
             w.process._reaped.set()
-            for closable in (w.sock, w.popen.stdout, w.popen.stderr, w.log_file):
+            for closable in (w.sock, w.popen.stdout, w.popen.stderr, w.output.log_file):
                 try:
                     if closable is not None:
                         closable.close()
@@ -786,7 +621,7 @@ class Pool:
                     continue  # cancelled before it started
                 err = BrokenProcessPool(message)
                 err.__cause__ = exc
-                _set_exception(fut, err)
+                set_exception(fut, err)
             except BaseException:
                 pass
 
@@ -820,77 +655,23 @@ class Pool:
             except BlockingIOError:
                 pass
         elif tag == "listen":
-            self._on_accept()
+            self._handshakes.accept()
         elif tag == "conn":
             self._on_handshake(key.fileobj)
 
-    def _on_accept(self) -> None:
-        while True:
-            conn = self._listener.accept()
-            if conn is None:
-                return
-            try:
-                nonce = protocol.challenge(conn)
-            except OSError:
-                conn.close()
-                continue
-            self._handshakes[conn] = (nonce, bytearray(), time.monotonic())
-            self._selector.register(conn, selectors.EVENT_READ, ("conn",))
-
-    def _drop_handshake(self, conn) -> None:
-        self._handshakes.pop(conn, None)
-        self._selector.unregister(conn)
-        conn.close()
-
     def _on_handshake(self, conn) -> None:
-        """A connection not yet authenticated: read its AUTH frame and check it.
-
-        Nothing it sends is trusted before its HMAC checks out: the frame is read
-        into a buffer of ours (a header announcing a huge length must not make us
-        allocate it), must be one AUTH frame of at most `_MAX_AUTH_FRAME` bytes,
-        and `protocol.accept_auth` verifies it without unpickling any class.
-        """
-        nonce, buf, _ = self._handshakes[conn]
-        try:
-            data = conn.recv(_MAX_AUTH_FRAME)
-        except OSError:
-            data = b""
-        if not data:
-            self._drop_handshake(conn)
+        """A connection not yet authenticated sent something (`connection.Handshakes`)."""
+        verified = self._handshakes.on_data(conn)
+        if verified is None:
             return
-        buf += data
-        size = wire.HEADER.size
-        if len(buf) < size:
-            return
-        length, kind = wire.HEADER.unpack_from(buf)
-        if kind != wire.AUTH or length > _MAX_AUTH_FRAME or len(buf) > size + length:
-            logger.warning(
-                "rejected a connection to the worker socket: it did not start with one "
-                "AUTH frame of at most %d bytes",
-                _MAX_AUTH_FRAME,
-            )
-            self._drop_handshake(conn)
-            return
-        if len(buf) < size + length:
-            return
-        payload = bytes(buf[size:])
+        conn, worker_nonce, worker_id, info = verified
         worker = None
-        if kind == wire.AUTH:
-            try:
-                worker_nonce, worker_id, info = protocol.accept_auth(
-                    self._listener.key, nonce, payload
-                )
-            except ValueError as exc:
-                logger.warning("rejected a connection to the worker socket: %s", exc)
-            else:
-                for w in self._workers:
-                    if w.worker_id == worker_id and w.sock is None and not w.dead:
-                        worker = w
+        for w in self._workers:
+            if w.worker_id == worker_id and w.sock is None and not w.dead:
+                worker = w
         if worker is None:
-            self._drop_handshake(conn)
+            conn.close()
             return
-        self._handshakes.pop(conn)
-        self._selector.unregister(conn)
         actual = tuple(info.get("version", (0, 0)))[:2]
         if actual != self.environment.python_xy:
             conn.close()
@@ -1050,77 +831,27 @@ class Pool:
             del self.processes[w.pid]
 
     def _complete(self, item: WorkItem, status: int, data: Any) -> None:
-        """Settle `item`: `data` is (payload, start, end, buffers) for OK, else an error record."""
+        """Settle `item`: `data` is (payload, start, end, buffers) for OK, else an error
+        record, or an exception met reading it (`outcome`)."""
         failure = None
         if status != wire.OK and not item.cancel_requested and not isinstance(data, BaseException):
-            failure = self._remote_error(item, status, data)  # before release: it reads item.call
+            # before release: naming the argument at fault reads item.call
+            failure = outcome.remote_error(item, status, data, environment=self.environment)
         item.release()
         fut = item.future
         if item.cancel_requested:
             fut._force_cancel()
-            return
-        if status == wire.OK:
-            try:
-                value = protocol.loads(data[0], data[1], data[2], data[3])
-                del data
-                if item.call_kind == wire.ITEMS:  # (values, (status, record) | None)
-                    values, error = value
-                    if error is not None:
-                        error = self._remote_error(item, *error)
-                    value = (values, error)
-            except BaseException as exc:
-                _set_exception(fut, boundary.result_load_error(item.label, exc))
+        elif status == wire.OK:
+            value, error = outcome.value(item, data, self.environment)
+            del data
+            if error is None:
+                set_result(fut, value)
             else:
-                _set_result(fut, value)
-            return
-        if isinstance(data, BaseException):
-            _set_exception(fut, data)
-            return
-        _set_exception(fut, failure)
-
-    def _remote_error(self, item: WorkItem, status: int, data: dict) -> BaseException:
-        """The exception a failed task's error record stands for."""
-        cause = protocol.rebuild_exception(data)
-        if status == wire.RAISED:
-            return cause
-        if status == wire.LOAD_FAILED:
-            err = errors.UnpicklingError(self._load_failure(item, data))
+                set_exception(fut, error)
+        elif isinstance(data, BaseException):
+            set_exception(fut, data)
         else:
-            err = errors.PicklingError(
-                f"the {data.get('note') or 'result'} returned by {item.label} could not be "
-                f"pickled in the worker: {data['type']}: {data['message']}"
-            )
-        err.__cause__ = cause
-        return err
-
-    def _load_failure(self, item: WorkItem, data: dict) -> str:
-        """What a worker could not load, named: the function, or the argument at fault."""
-        env = self.environment
-        versions = boundary.versions_text(data.get("versions")) or (f"Python {env.python_version}")
-        reason = f"{data['type']}: {data['message']}"
-        if data.get("note") != "arguments":
-            return f"{item.label} could not be loaded in the worker (env {env.hash}, {versions}): {reason}"
-        culprit = None
-        if item.call is not None:
-            encoder = boundary.TaskEncoder(env.python_xy, foreign=not env.is_current)
-            kind, payload = item.call
-            candidates = (
-                boundary.call_candidates(*payload)
-                if kind == wire.CALL
-                else boundary.chunk_candidates(payload)
-            )
-            culprit = boundary.culprit(encoder, candidates, data)
-        missing = data.get("missing") or (data.get("global") or "").rpartition(".")[0]
-        hint = (
-            f" The env lacks {missing!r}: install it there, or send builtins or numpy data "
-            "instead."
-            if missing
-            else ""
-        )
-        return (
-            f"{culprit or 'an argument'} of the call to {item.label} could not be loaded in "
-            f"the worker (env {env.hash}, {versions}): {reason}.{hint}"
-        )
+            set_exception(fut, failure)
 
     # -- worker processes --------------------------------------------------------
 
@@ -1146,33 +877,17 @@ class Pool:
         worker_id = next(self._worker_ids)
         cmd = [*self._command, self._listener.path, str(worker_id), str(os.getpid())]
         try:
-            popen = subprocess.Popen(
-                cmd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=self._environ,
-                start_new_session=True,
-                close_fds=True,
-            )
+            popen = process.start(cmd, self._environ, self._listener.key)
         except OSError as exc:
             self._break(f"cannot start a worker with {self.environment.python}: {exc}", exc)
             return False
-        try:
-            popen.stdin.write(self._listener.key)
-            popen.stdin.close()
-        except OSError:
-            pass  # died at once: the exit path reports it
         w = WorkerHandle(self, slot, worker_id, popen)
         for tag, stream in (("out", popen.stdout), ("err", popen.stderr)):
             os.set_blocking(stream.fileno(), False)
             self._selector.register(stream, selectors.EVENT_READ, (tag, w))
-        if hasattr(os, "pidfd_open"):
-            try:
-                w.pidfd = os.pidfd_open(popen.pid)
-                self._selector.register(w.pidfd, selectors.EVENT_READ, ("pidfd", w))
-            except OSError:
-                w.pidfd = None
+        w.pidfd = process.open_pidfd(popen.pid)
+        if w.pidfd is not None:
+            self._selector.register(w.pidfd, selectors.EVENT_READ, ("pidfd", w))
         with self._lock:
             self._workers.append(w)
             self.processes[w.pid] = w.process
@@ -1183,13 +898,7 @@ class Pool:
             return
         if w.kill_reason is None:
             w.kill_reason = reason or (WorkerCrashedError, "")
-        try:
-            os.killpg(w.pid, signal.SIGKILL)
-        except OSError:
-            try:
-                os.kill(w.pid, signal.SIGKILL)
-            except OSError:
-                pass
+        process.kill_group(w.pid)
 
     def _rss(self, w: WorkerHandle) -> int:
         try:
@@ -1209,7 +918,7 @@ class Pool:
         except OSError:
             data = b""
         if data:
-            self._forward(w, tag, data)
+            w.output.feed(tag, data)
         else:
             self._close_pipe(w, tag)
 
@@ -1217,92 +926,12 @@ class Pool:
         stream = w.popen.stdout if tag == "out" else w.popen.stderr
         if stream is None or stream.closed:
             return
-        if self.output == "inherit":
-            self._echo(tag, w.decoders[tag].decode(b"", final=True))
-        if w.partial[tag]:
-            self._lines(w, tag, [w.partial[tag]])
-            w.partial[tag] = b""
+        w.output.finish(tag)
         try:
             self._selector.unregister(stream)
         except (KeyError, ValueError):
             pass
         stream.close()
-
-    def _forward(self, w: WorkerHandle, tag: str, data: bytes) -> None:
-        """Bytes from a worker's fd 1 or 2: echo them or log them, and keep them on file."""
-        if self.output == "inherit":
-            self._echo(tag, w.decoders[tag].decode(data))
-        lines = (w.partial[tag] + data).split(b"\n")
-        w.partial[tag] = lines.pop()
-        if len(w.partial[tag]) >= _MAX_LINE:  # output without newlines: log it in pieces
-            lines.append(w.partial[tag])  # (keeping it whole would copy it at every read)
-            w.partial[tag] = b""
-        if lines:
-            self._lines(w, tag, lines)
-
-    @staticmethod
-    def _echo(tag: str, text: str) -> None:
-        """`output="inherit"`: write as is to the caller's current sys.stdout / sys.stderr."""
-        if not text:
-            return
-        stream = sys.stdout if tag == "out" else sys.stderr
-        if stream is None:
-            return
-        try:
-            try:
-                stream.write(text)
-            except UnicodeEncodeError:
-                encoding = getattr(stream, "encoding", None) or "ascii"
-                stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
-            stream.flush()
-        except (OSError, ValueError, LookupError, UnicodeError):
-            pass  # closed or unusable: the log file still has the text
-
-    def _lines(self, w: WorkerHandle, tag: str, lines: list[bytes]) -> None:
-        level = logging.INFO if tag == "out" else logging.WARNING
-        log_file = self._log_file(w)
-        if log_file is not None and log_file.tell() >= logs.WORKER_LOG_MAX_BYTES:
-            # rotated before writing, not after: the newest lines are always in <log>
-            self._rotate_log(w)
-            log_file = w.log_file
-        stamp = time.strftime("%H:%M:%S")
-        to_logger = self.output == "logging"
-        for raw in lines:
-            text = raw.decode("utf-8", "replace").rstrip("\r")
-            if log_file is not None:
-                log_file.write(f"{stamp} {tag} | {text}\n")
-            if tag == "err":
-                w.err_tail.append(text)
-            if to_logger:
-                w.logger.log(level, "%s", text, extra={"worker_pid": w.pid, "stream": tag})
-        if log_file is not None:
-            log_file.flush()
-
-    @staticmethod
-    def _rotate_log(w: WorkerHandle) -> None:
-        """Keep one chatty worker's log bounded: ``<log>`` becomes ``<log>.1``."""
-        w.log_file.close()
-        w.log_file = None
-        try:
-            os.replace(w.log_path, f"{w.log_path}.1")
-            fd = os.open(w.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            w.log_file = open(fd, "a", encoding="utf-8")  # noqa: SIM115
-        except OSError:
-            w.log_path = Path(os.devnull)  # no more log for it; the output still flows
-
-    def _log_file(self, w: WorkerHandle):
-        if w.log_file is None and w.log_path is None:
-            try:
-                if self._log_dir is None:
-                    self._log_dir = Path(tempfile.mkdtemp(prefix="bayou-logs-"))
-                self._log_dir.mkdir(parents=True, exist_ok=True)
-                w.log_path = self._log_dir / f"worker-{self.environment.hash}-{w.slot}-{w.pid}.log"
-                # 0600: what a task prints is nobody else's business, whatever the umask
-                fd = os.open(w.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                w.log_file = open(fd, "a", encoding="utf-8")  # noqa: SIM115
-            except OSError:
-                w.log_path = Path(os.devnull)
-        return w.log_file
 
     def _drain_pipes(self, w: WorkerHandle) -> None:
         for tag, stream in (("out", w.popen.stdout), ("err", w.popen.stderr)):
@@ -1315,7 +944,7 @@ class Pool:
                     break
                 if not data:
                     break
-                self._forward(w, tag, data)
+                w.output.feed(tag, data)
             self._close_pipe(w, tag)
 
     def _on_exit(self, w: WorkerHandle) -> None:
@@ -1353,8 +982,7 @@ class Pool:
         except OSError:
             pass
         w.process._reaped.set()
-        if w.log_file is not None:
-            w.log_file.close()
+        w.output.close()
 
         outcome: BaseException | str | None = None
         with self._lock:
@@ -1380,13 +1008,13 @@ class Pool:
                         logger.warning("%s; retrying (attempt %d)", exc, item.attempts + 1)
                     else:
                         outcome = exc
-                    self._keep_logs = True
+                    self._logs.keep = True
             elif not w.ready and w.kill_reason is None and not self._shutdown:
                 if -rc in _OUTSIDE_KILLS:
                     self._start_kills += 1
                 else:
                     self._start_failures += 1
-                self._keep_logs = True
+                self._logs.keep = True
             start_failed = (
                 self._start_failures >= _MAX_START_FAILURES
                 or self._start_kills >= _MAX_START_KILLS
@@ -1396,7 +1024,7 @@ class Pool:
         if start_failed:
             self._break(
                 f"workers of env {self.environment.hash} ({self.environment.python}) die "
-                f"before they are ready: the last one {self._exit_text(rc)}" + self._tail(w)
+                f"before they are ready: the last one {process.exit_text(rc)}" + w.output.tail()
             )
         self._send_tasks(assignments)
         if spawn:
@@ -1406,7 +1034,7 @@ class Pool:
             item.future._force_cancel()
         elif isinstance(outcome, BaseException):
             item.release()
-            _set_exception(item.future, outcome)
+            set_exception(item.future, outcome)
 
     def _read_last_frames(self, w: WorkerHandle) -> None:
         """Handle what a dead worker sent before dying: its pidfd may be seen before
@@ -1419,42 +1047,18 @@ class Pool:
             pass
         self._frames(w)
 
-    @staticmethod
-    def _exit_text(rc: int) -> str:
-        if rc < 0:
-            try:
-                name = signal.Signals(-rc).name
-            except ValueError:
-                name = f"signal {-rc}"
-            return f"was killed by signal {name} ({-rc})"
-        return f"exited with exit code {rc}"
-
-    def _tail(self, w: WorkerHandle) -> str:
-        text = ""
-        if w.err_tail:
-            text += "\nLast stderr lines:\n  " + "\n  ".join(w.err_tail)
-        if w.log_path is not None and w.log_file is not None:
-            text += f"\nWorker log: {w.log_path}"
-        return text
-
     def _exit_error(self, w: WorkerHandle, item: WorkItem, rc: int) -> tuple[BaseException, bool]:
         """The exception for a task whose worker died, and whether a retry is allowed."""
-        cls, why = w.kill_reason or (WorkerCrashedError, "")
-        who = w.describe()
-        if cls is WorkerCrashedError or cls is None:  # died by itself (or quiet kill)
-            msg = f"{who} {self._exit_text(rc)} while running {item.label}"
-            return self._with_exit(WorkerCrashedError(msg + self._tail(w)), w, rc), True
-        if cls is BrokenProcessPool:
-            exc = BrokenProcessPool(why)
-            exc.__cause__ = self._broken_cause
-            return exc, False
-        msg = f"{who} was killed while running {item.label}: {why}"
-        return self._with_exit(cls(msg + self._tail(w)), w, rc), cls is WorkerHungError
-
-    @staticmethod
-    def _with_exit(exc: WorkerCrashedError, w: WorkerHandle, rc: int) -> WorkerCrashedError:
-        exc.exitcode, exc.pid, exc.stderr_tail = rc, w.pid, tuple(w.err_tail or ())
-        return exc
+        return outcome.exit_error(
+            w.describe(),
+            item.label,
+            w.kill_reason,
+            rc,
+            w.pid,
+            tuple(w.output.err_tail),
+            w.output.tail(),
+            self._broken_cause,
+        )
 
     def _check_timers(self) -> float:
         """Enforce every deadline; return how long the selector may sleep."""
@@ -1462,9 +1066,7 @@ class Pool:
             self.segments.trim()
         now = time.monotonic()
         nearest = now + _MAX_SELECT
-        for conn, (_, _, since) in list(self._handshakes.items()):
-            if now - since > _HANDSHAKE_TIMEOUT:
-                self._drop_handshake(conn)
+        self._handshakes.expire(now)
         ht, tt = self.heartbeat_timeout, self.task_timeout
         for w in list(self._workers):
             if w.dead or w.kill_reason is not None:
@@ -1540,14 +1142,14 @@ class Pool:
             self._pending.clear()
             self._ready.clear()
             workers = list(self._workers)
-        self._keep_logs = True
+        self._logs.keep = True
         for item in pending:
             item.release()
             if not item.started and not item.future.set_running_or_notify_cancel():
                 continue
             exc = BrokenProcessPool(message)
             exc.__cause__ = cause
-            _set_exception(item.future, exc)
+            set_exception(item.future, exc)
         for w in workers:
             self._kill(w, (BrokenProcessPool, message))
 
@@ -1569,16 +1171,13 @@ class Pool:
         return done
 
     def _close(self) -> None:
-        _live_pools.discard(self)
+        lifetime.unregister(self)
         if self.segments is not None:
             self.segments.close()
         for _, done in list(self._calls):
             done.set()
-        for conn in list(self._handshakes):
-            try:
-                self._drop_handshake(conn)
-            except Exception:
-                conn.close()
+        if self._handshakes is not None:
+            self._handshakes.close()
         if self._listener is not None:
             self._listener.close()
         if self._selector is not None:
@@ -1588,8 +1187,7 @@ class Pool:
         for fd in fds:
             if fd >= 0:
                 os.close(fd)
-        if self._own_log_dir and self._log_dir is not None and not self._keep_logs:
-            shutil.rmtree(self._log_dir, ignore_errors=True)
+        self._logs.close()
 
 
 WorkerCrashedError = errors.WorkerCrashedError
@@ -1606,26 +1204,6 @@ def _cancel_by_ref(pool_ref, item_ref, grace: float = 5.0) -> bool:
     return pool.cancel(item, grace)
 
 
-def _reraise(exc: BaseException) -> None:
-    raise exc
-
-
-def _follow_by_ref(pool_ref, item_ref, timeout: float | None) -> float | None:
-    """`future._bayou_follow`: `Pool.follow` through weak references."""
-    pool, item = pool_ref(), item_ref()
-    if pool is None or item is None:
-        return timeout
-    return pool.follow(item, timeout)
-
-
-def _set_result(fut, value) -> None:
-    if not fut.done():
-        try:
-            fut.set_result(value)
-        except Exception:  # InvalidStateError: cancelled meanwhile
-            pass
-
-
 def _has_input(sock) -> bool:
     """Whether a frame from this worker is waiting to be read."""
     if sock is None:
@@ -1634,54 +1212,3 @@ def _has_input(sock) -> bool:
         return bool(select.select([sock], [], [], 0)[0])
     except (OSError, ValueError):
         return False
-
-
-def _set_exception(fut, exc: BaseException) -> None:
-    if not fut.done():
-        try:
-            fut.set_exception(exc)
-        except Exception:
-            pass
-
-
-# -- interpreter exit ------------------------------------------------------------
-
-_live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
-_global_shutdown = False
-
-
-def _python_exit() -> None:
-    """At interpreter exit (before atexit callbacks): refuse new work, finish what runs.
-
-    Like CPython's concurrent.futures.process._python_exit: a pool nobody shut
-    down still completes its submitted tasks before the interpreter goes. Except
-    when a script is ending on an uncaught Ctrl-C (KeyboardInterrupt): then
-    queued work is cancelled and running tasks are stopped, as `shutdown(
-    cancel_futures=True)` does, instead of keeping the user waiting.
-    """
-    global _global_shutdown
-    _global_shutdown = True
-    interrupted = not hasattr(sys, "ps1") and isinstance(
-        getattr(sys, "last_value", None), KeyboardInterrupt
-    )
-    for pool in list(_live_pools):
-        pool.shutdown(wait=True, cancel_futures=interrupted)
-
-
-def _after_fork_in_child() -> None:
-    """A forked child has copies of the parent's pools, without their supervisor threads,
-    and maybe with their locks held by a parent thread: at its exit it must not wait
-    for them, nor write to the parent's wake pipe or workers."""
-    global _live_pools
-    _live_pools = weakref.WeakSet()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-try:
-    threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
-except (AttributeError, RuntimeError):  # pragma: no cover
-    import atexit
-
-    atexit.register(_python_exit)

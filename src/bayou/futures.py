@@ -1,0 +1,112 @@
+"""The futures bayou returns, and the only place that settles them.
+
+A `BayouFuture` is a real `concurrent.futures.Future` (``wait``,
+``as_completed``, ``asyncio.wrap_future`` work unchanged) with the task's
+progress on top. The pool sets three things on it while the task is queued::
+
+    _bayou_follow   result()/exception() on a RUNNING future read the worker's
+                    socket in the waiting thread (`pool.follow`)
+    _bayou_cancel   `bayou.cancel(future, grace=)`
+    _bayou_seconds  how long the call ran in the worker (map's batching)
+
+Every outcome goes through `set_result` / `set_exception` / `force_cancel`
+here, which never raise: a future the user cancelled meanwhile keeps its
+state, and a settling thread never dies of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import _base as futures_base
+from typing import Any, NamedTuple
+
+logger = logging.getLogger("bayou.executor")
+
+__all__ = ["BayouFuture", "Progress", "set_exception", "set_result"]
+
+
+class Progress(NamedTuple):
+    """What a task last reported with `bayou.report_progress`."""
+
+    done: float
+    total: float | None
+    message: str | None
+
+
+class BayouFuture(Future):
+    """A `concurrent.futures.Future` that also carries the task's progress."""
+
+    _bayou_seconds: float | None = None  # how long the call ran in the worker
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._progress: Progress | None = None
+        self._progress_callbacks: list[Callable[[BayouFuture, Progress], object]] = []
+
+    @property
+    def progress(self) -> Progress | None:
+        return self._progress
+
+    # Set by the pool once the task is queued: reads the result off the worker's
+    # socket in the waiting thread (`Pool.follow`), saving the supervisor's hop.
+    _bayou_follow: Callable[[float | None], float | None] | None = None
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._state == futures_base.RUNNING and self._bayou_follow is not None:
+            timeout = self._bayou_follow(timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state == futures_base.RUNNING and self._bayou_follow is not None:
+            timeout = self._bayou_follow(timeout)
+        return super().exception(timeout)
+
+    def add_progress_callback(self, fn: Callable[[BayouFuture, Progress], object]) -> None:
+        """Call `fn(future, progress)` on each update: from bayou's supervisor thread,
+        or from the thread waiting in `result()`, which reads its worker itself."""
+        with self._condition:
+            self._progress_callbacks.append(fn)
+
+    def _set_progress(self, done: float, total: float | None, message: str | None) -> None:
+        progress = Progress(done, total, message)
+        with self._condition:
+            self._progress = progress
+            callbacks = list(self._progress_callbacks)
+        for fn in callbacks:
+            try:
+                fn(self, progress)
+            except Exception:
+                logger.exception("exception calling progress callback for %r", self)
+
+    def _force_cancel(self) -> bool:
+        """Mark a *running* future cancelled (after bayou stopped its task)."""
+        with self._condition:
+            if self._state == futures_base.FINISHED:
+                return False
+            if self._state != futures_base.CANCELLED_AND_NOTIFIED:
+                self._state = futures_base.CANCELLED_AND_NOTIFIED
+                for waiter in self._waiters:
+                    waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
+        return True
+
+
+def set_result(fut: Future, value: Any) -> None:
+    """Settle `fut` with `value`, unless it is already done (cancelled meanwhile)."""
+    if not fut.done():
+        try:
+            fut.set_result(value)
+        except Exception:  # InvalidStateError: cancelled meanwhile
+            pass
+
+
+def set_exception(fut: Future, exc: BaseException) -> None:
+    """Settle `fut` with `exc`, unless it is already done."""
+    if not fut.done():
+        try:
+            fut.set_exception(exc)
+        except Exception:
+            pass

@@ -1,0 +1,76 @@
+"""What a process running pools must do once, for all of them: at interpreter exit,
+and in a forked child.
+
+* At interpreter exit (`threading._register_atexit`, which runs before
+  ``atexit`` callbacks and before non-daemon threads are joined, as CPython's
+  concurrent.futures.process does), every live pool, local or a persistent
+  pool's client, refuses new work and finishes what was submitted. A script
+  ending on an uncaught Ctrl-C cancels queued work and stops running tasks
+  instead (`shutdown(cancel_futures=True)`), rather than keeping the user
+  waiting.
+* In a forked child, the parent's pools exist as copies without their
+  supervisor threads, maybe with their locks held by a parent thread: the
+  child forgets them (it must not wait for them at its exit, nor write to the
+  parent's wake pipe or workers). Each pool also refuses use from another
+  process (`Pool.submit`).
+
+`stopping()` tells `submit` that the interpreter is going away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import weakref
+from typing import Protocol
+
+
+class _Stoppable(Protocol):
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None: ...
+
+
+_live: weakref.WeakSet[_Stoppable] = weakref.WeakSet()
+_exiting = False
+
+
+def register(pool: _Stoppable) -> None:
+    """`pool` is running: stop it at interpreter exit."""
+    _live.add(pool)
+
+
+def unregister(pool: _Stoppable) -> None:
+    _live.discard(pool)
+
+
+def stopping() -> bool:
+    """Whether the interpreter is exiting (new work is refused, as ProcessPoolExecutor does)."""
+    return _exiting
+
+
+def _python_exit() -> None:
+    global _exiting
+    _exiting = True
+    interrupted = not hasattr(sys, "ps1") and isinstance(
+        getattr(sys, "last_value", None), KeyboardInterrupt
+    )
+    for pool in list(_live):
+        with contextlib.suppress(Exception):
+            pool.shutdown(wait=True, cancel_futures=interrupted)
+
+
+def _after_fork_in_child() -> None:
+    global _live
+    _live = weakref.WeakSet()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+try:
+    threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
+except (AttributeError, RuntimeError):  # pragma: no cover
+    import atexit
+
+    atexit.register(_python_exit)

@@ -1,0 +1,122 @@
+"""What a task's end becomes: a value or an exception for its future.
+
+Two ways a task ends, and what this module makes of them::
+
+    RESULT frame ─▶ status OK ─────────▶ the value (unpickled here, names mapped)
+                    RAISED ────────────▶ the task's own exception, remote traceback as cause
+                    LOAD_FAILED ───────▶ UnpicklingError naming the function, or the
+                                         argument at fault (`boundary.culprit`)
+                    RESULT_UNPICKLABLE ▶ PicklingError naming the result's type
+    worker death ─▶ kill reason ───────▶ WorkerCrashedError / WorkerHungError /
+                                         TaskTimeoutError / MemoryLimitError /
+                                         BrokenProcessPool, and whether a retry is allowed
+
+Nothing here touches a socket, a process or the pool's state: the supervisor
+(or a follower, or a persistent pool's client) hands in what it read, and
+settles the future with what comes out (`futures`).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from .. import boundary, errors, protocol
+from ..environment import Environment
+from ..worker import wire
+from . import process
+
+
+def value(
+    item: Any, data: tuple, environment: Environment | None
+) -> tuple[Any, BaseException | None]:
+    """(value, None) or (None, the error) for an OK RESULT's `data`
+    (payload, start, end, buffers)."""
+    try:
+        result = protocol.loads(data[0], data[1], data[2], data[3])
+        if item.call_kind == wire.ITEMS:  # (values, (status, record) | None)
+            values, error = result
+            if error is not None:
+                error = remote_error(item, *error, environment=environment)
+            result = (values, error)
+    except BaseException as exc:
+        return None, boundary.result_load_error(item.label, exc)
+    return result, None
+
+
+def remote_error(
+    item: Any, status: int, record: dict, *, environment: Environment | None
+) -> BaseException:
+    """The exception a failed task's error record stands for."""
+    cause = protocol.rebuild_exception(record)
+    if status == wire.RAISED:
+        return cause
+    if status == wire.LOAD_FAILED:
+        err: BaseException = errors.UnpicklingError(load_failure(item, record, environment))
+    else:
+        err = errors.PicklingError(
+            f"the {record.get('note') or 'result'} returned by {item.label} could not be "
+            f"pickled in the worker: {record['type']}: {record['message']}"
+        )
+    err.__cause__ = cause
+    return err
+
+
+def load_failure(item: Any, record: dict, environment: Environment | None) -> str:
+    """What a worker could not load, named: the function, or the argument at fault."""
+    where = f"env {environment.hash}, " if environment is not None else ""
+    versions = boundary.versions_text(record.get("versions")) or (
+        f"Python {environment.python_version}" if environment is not None else "?"
+    )
+    reason = f"{record['type']}: {record['message']}"
+    if record.get("note") != "arguments":
+        return f"{item.label} could not be loaded in the worker ({where}{versions}): {reason}"
+    culprit = None
+    if item.call is not None and environment is not None:
+        encoder = boundary.TaskEncoder(environment.python_xy, foreign=not environment.is_current)
+        kind, payload = item.call
+        candidates = (
+            boundary.call_candidates(*payload)
+            if kind == wire.CALL
+            else boundary.chunk_candidates(payload)
+        )
+        culprit = boundary.culprit(encoder, candidates, record)
+    missing = record.get("missing") or (record.get("global") or "").rpartition(".")[0]
+    hint = (
+        f" The env lacks {missing!r}: install it there, or send builtins or numpy data instead."
+        if missing
+        else ""
+    )
+    return (
+        f"{culprit or 'an argument'} of the call to {item.label} could not be loaded in "
+        f"the worker ({where}{versions}): {reason}.{hint}"
+    )
+
+
+def exit_error(
+    who: str,
+    label: str,
+    kill_reason: tuple[type | None, str] | None,
+    rc: int,
+    pid: int,
+    err_tail: tuple[str, ...],
+    tail_text: str,
+    broken_cause: BaseException | None,
+) -> tuple[BaseException, bool]:
+    """The exception for a task whose worker died, and whether a retry is allowed.
+
+    `kill_reason` is why the pool killed it (None: it died by itself)."""
+    cls, why = kill_reason or (errors.WorkerCrashedError, "")
+    if cls is errors.WorkerCrashedError or cls is None:  # died by itself (or quiet kill)
+        msg = f"{who} {process.exit_text(rc)} while running {label}"
+        exc = errors.WorkerCrashedError(msg + tail_text)
+        retryable = True
+    elif cls is BrokenProcessPool:
+        broken = BrokenProcessPool(why)
+        broken.__cause__ = broken_cause
+        return broken, False
+    else:
+        exc = cls(f"{who} was killed while running {label}: {why}{tail_text}")
+        retryable = cls is errors.WorkerHungError
+    exc.exitcode, exc.pid, exc.stderr_tail = rc, pid, err_tail
+    return exc, retryable
