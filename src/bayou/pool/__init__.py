@@ -1,16 +1,19 @@
 """The pool: worker processes for one environment and the supervisor that runs them.
 
-`supervisor.Pool` is the selector loop; the parts it is made of each do one
-job: `process` (start, signal, describe one worker process), `output` (a
-worker's stdout/stderr), and the process-wide duties in `lifetime`.
+`supervisor.Pool` is the selector loop, carrying out what `dispatch` (a pure
+state machine: queues, workers' phases, retries, deadlines) decides. The
+other parts each do one job: `process` (start, signal, describe one worker
+process), `connection` (the handshake), `output` (a worker's stdout/stderr),
+`outcome` (a RESULT or a death becomes a value or an exception), `follow`
+(the waiting thread reads its own worker), and `lifetime` (the process-wide
+duties: the exit hook, forks).
 """
 
 from . import lifetime
+from .dispatch import PREFETCH, SHUTDOWN_GRACE
 from .process import BOOTSTRAP, WorkerProcess
 from .supervisor import (
     OUTPUT_MODES,
-    PREFETCH,
-    SHUTDOWN_GRACE,
     SPIN_SECONDS,
     Pool,
     WorkerHandle,

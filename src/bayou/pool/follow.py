@@ -115,7 +115,7 @@ def _spin(pool: Pool, poller, w: WorkerHandle) -> list:
     its CPU going idle and being woken (the wake-up is most of a round trip on a
     virtual machine). With other tasks in flight their workers need the CPU
     more, so it sleeps at once."""
-    if pool._pending or pool._ready:
+    if pool.dispatch.pending or pool.dispatch.ready:
         return []
     for x in pool._workers:
         if x.item is not None and x is not w:

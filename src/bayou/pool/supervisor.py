@@ -82,25 +82,13 @@ from ..futures import set_exception, set_result
 from ..worker import deploy, wire
 from . import follow, lifetime, outcome, process
 from .connection import Handshakes
+from .dispatch import QUIET, Dispatch, Limits, Phase, Worker
 from .output import MODES as OUTPUT_MODES
 from .output import LogDir, WorkerOutput
 from .process import WorkerProcess
 
 logger = logging.getLogger("bayou.executor")
 
-STARTING, IDLE, BUSY, RETIRING = "starting", "idle", "busy", "retiring"
-
-_MAX_SELECT = 0.5
-_RETIRE_TIMEOUT = 10.0
-_MAX_START_FAILURES = 3  # consecutive workers that exit or crash before READY: broken env
-# Workers killed before READY by a signal someone sends (OOM killer, an admin, a chaos
-# test) say little about the env; only this many in a row break the pool.
-_MAX_START_KILLS = 12
-_OUTSIDE_KILLS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-_QUIET: tuple[type | None, str] = (None, "")  # a kill that fails no task by itself
-PREFETCH = 1  # tasks per worker handed over ahead of time (CPython: EXTRA_QUEUED_CALLS)
-SHUTDOWN_GRACE = 1.0  # s a handed-over task may take to stop after shutdown(cancel_futures)
-MEMORY_CHECK_INTERVAL = 0.1  # s between RSS checks of a busy worker (a leak is caught after)
 SPIN_SECONDS = 100e-6  # how long a waiting caller or an idle worker polls before sleeping
 
 
@@ -139,7 +127,7 @@ class WorkItem:
     cancel_requested: bool = False  # bayou.cancel: the future ends cancelled either way
     stop_requested: bool = False  # shutdown(cancel_futures=True): ends cancelled only if killed
     undelivered: bool = False  # its TASK frame could not be sent: the worker was already dead
-    spin_after: bool = False  # its worker should poll for the next task (see `_assign_locked`)
+    spin_after: bool = False  # its worker should poll for the next task (see `dispatch`)
     worker: WorkerHandle | None = None
     oob: protocol.OutOfBand | None = None  # big argument buffers (shared memory or inline)
     # (call kind, (args, kwargs) or a map chunk's argument tuples), kept as
@@ -158,6 +146,10 @@ class WorkItem:
             oob, self.oob = self.oob, None
             oob.release()
 
+    def requeued(self) -> None:
+        """Back in the queue (retried, or never delivered): encode the TASK again."""
+        self._payload = None
+
     def payload(self) -> tuple[list, list[int]]:
         """(TASK payload parts, descriptors to attach)."""
         if self._payload is None:
@@ -173,16 +165,15 @@ class WorkItem:
         return self._payload
 
 
-class WorkerHandle:
-    """The supervisor's record of one worker process."""
+class WorkerHandle(Worker):
+    """The supervisor's record of one worker process: the dispatcher's `Worker` and
+    the process, socket, pipes and output that go with it."""
 
     def __init__(self, pool: Pool, slot: int, worker_id: int, popen: subprocess.Popen) -> None:
-        self.slot = slot
-        self.worker_id = worker_id
+        super().__init__(slot=slot, worker_id=worker_id, started_at=time.monotonic())
         self.popen = popen
         self.pid = popen.pid
         self.process = WorkerProcess(popen)
-        self.state = STARTING
         self.sock = None
         self.reader: wire.FrameReader | None = None
         self.send_lock = threading.Lock()
@@ -190,21 +181,6 @@ class WorkerHandle:
         # caller thread waiting for this worker's result (`Pool.follow`).
         self.read_lock = threading.Lock()
         self.sock_data = ("sock", self)  # its selector key's data, the same across re-registers
-        self.item: WorkItem | None = None
-        now = time.monotonic()
-        self.started_at = now
-        self.last_seen = now
-        self.task_started = now
-        self.retired_at = 0.0
-        self.tasks_done = 0
-        self.last_result_at = -1e9  # time.monotonic() of its last RESULT
-        self.ready = False
-        self.dead = False
-        self.exiting = False  # _on_exit is reading its last frames: give it no new task
-        self.kill_reason: tuple[type | None, str] | None = None
-        self.cancel_deadline: float | None = None
-        self.next_memory_check = 0.0
-        self.memory_strikes = 0  # consecutive checks that found it over the cap
         self.psutil_process = None
         self.pidfd: int | None = None
         self.output = WorkerOutput(pool.output, pool._logs, pool.environment.hash, slot, popen.pid)
@@ -264,20 +240,24 @@ class Pool:
 
         self.processes: dict[int, WorkerProcess] = {}
         self._pid = os.getpid()  # a forked child has a copy of this pool, not its workers
-        self.broken: str | None = None
+        # every decision: queues, workers' phases, deadlines (under self._lock)
+        self.dispatch = Dispatch(
+            Limits(
+                max_workers=max_workers,
+                max_tasks_per_child=max_tasks_per_child,
+                heartbeat_timeout=heartbeat_timeout,
+                task_timeout=task_timeout,
+                retries=retries,
+                max_memory=max_memory_per_worker,
+                start_timeout=start_timeout,
+                spin=self.spin,
+            )
+        )
         self._broken_cause: BaseException | None = None
         self._lock = threading.Lock()
-        self._pending: collections.deque[WorkItem] = collections.deque()
-        self._ready: collections.deque[WorkItem] = collections.deque()  # handed over
         self._futures: weakref.WeakSet = weakref.WeakSet()  # for a supervisor crash
-        self._workers: list[WorkerHandle] = []
-        self._idle: list[WorkerHandle] = []
         self._task_ids = itertools.count(1)
         self._worker_ids = itertools.count(1)
-        self._shutdown = False
-        self._stopping = False
-        self._start_failures = 0
-        self._start_kills = 0
         self._calls: collections.deque = collections.deque()
         self._following = 0  # threads in `follow`
         self.thread: threading.Thread | None = None
@@ -290,6 +270,19 @@ class Pool:
         self._runtime_dir = ""
         # big argument and result buffers (bayou.shm); None where memfds do not exist
         self.segments: shm.SegmentPool | None = shm.SegmentPool() if shm.ENABLED else None
+
+    @property
+    def broken(self) -> str | None:
+        """Why the pool is unusable (ProcessPoolExecutor's `_broken`), or None."""
+        return self.dispatch.broken
+
+    @property
+    def _shutdown(self) -> bool:
+        return self.dispatch.shutdown_requested
+
+    @property
+    def _workers(self) -> list:
+        return self.dispatch.workers
 
     @property
     def log_dir(self) -> Path | None:
@@ -319,12 +312,10 @@ class Pool:
             pool_ref, item_ref = weakref.ref(self), weakref.ref(item)
             item.future._bayou_cancel = functools.partial(_cancel_by_ref, pool_ref, item_ref)
             item.future._bayou_follow = functools.partial(follow.by_ref, pool_ref, item_ref)
-            self._pending.append(item)
             self._futures.add(item.future)
-            assignments = self._assign_locked()
-            spawn = self._spawn_needed_locked()
-        self._send_tasks(assignments)
-        if spawn:
+            plan = self.dispatch.submit(item, time.monotonic())
+        self._send_tasks(plan.sends)
+        if plan.spawn:
             self._in_supervisor(self._spawn_as_needed)
 
     def cancel(self, item: WorkItem, grace: float) -> bool:
@@ -333,24 +324,10 @@ class Pool:
         if os.getpid() != self._pid:
             return False  # the parent's task, on the parent's worker
         with self._lock:
-            if fut.done():
-                return False
-            worker = item.worker
-            if worker is None:
-                for queue in (self._pending, self._ready):
-                    try:
-                        queue.remove(item)
-                        break
-                    except ValueError:
-                        continue
-                else:
-                    return False
-            else:
-                item.cancel_requested = True
-                deadline = time.monotonic() + max(0.0, grace)
-                if worker.cancel_deadline is None or deadline < worker.cancel_deadline:
-                    worker.cancel_deadline = deadline
-        if worker is None:
+            decision = self.dispatch.cancel(item, time.monotonic(), grace)
+        if decision == "done":
+            return False
+        if decision == "dropped":
             item.release()
             if not item.started:
                 fut.cancel()
@@ -358,7 +335,7 @@ class Pool:
             else:
                 fut._force_cancel()
             return True
-        worker.send(wire.CANCEL, pickle.dumps(item.task_id, 4))
+        decision.send(wire.CANCEL, pickle.dumps(item.task_id, 4))
         self._wake()
         return True
 
@@ -371,7 +348,7 @@ class Pool:
 
         With `cancel_futures`, tasks not yet handed to a worker are cancelled,
         as ProcessPoolExecutor does. The few already handed over (running, or
-        waiting for their worker: see `_fill_ready_locked`) are asked to stop
+        waiting for their worker: see `dispatch`) are asked to stop
         (`bayou.cancel_requested()` turns True in them); one that ends within
         `SHUTDOWN_GRACE` seconds of the request (or of its start, if later)
         keeps its outcome, one still running then is killed and its future
@@ -379,23 +356,8 @@ class Pool:
         """
         if os.getpid() != self._pid:
             return  # a forked child's copy: the parent's workers are not ours to stop
-        cancelled: list[WorkItem] = []
-        notify: list[tuple[WorkerHandle, int]] = []
         with self._lock:
-            self._shutdown = True
-            if cancel_futures:
-                cancelled = list(self._pending)
-                self._pending.clear()
-                deadline = time.monotonic() + SHUTDOWN_GRACE
-                for item in self._ready:
-                    item.stop_requested = True
-                for w in self._workers:
-                    item = w.item
-                    if item is not None and not item.stop_requested:
-                        item.stop_requested = True
-                        if w.cancel_deadline is None or deadline < w.cancel_deadline:
-                            w.cancel_deadline = deadline
-                        notify.append((w, item.task_id))
+            cancelled, notify = self.dispatch.shutdown(cancel_futures, time.monotonic())
             thread = self.thread
         for item in cancelled:
             item.release()
@@ -459,64 +421,7 @@ class Pool:
             if self.thread is None or not self.thread.is_alive():
                 return
 
-    # -- scheduling (under self._lock) -----------------------------------------
-
-    def _fill_ready_locked(self) -> None:
-        """Hand queued tasks over (their futures turn RUNNING) while the window has room.
-
-        Like ProcessPoolExecutor's call queue (`EXTRA_QUEUED_CALLS`): at most
-        `max_workers * (1 + PREFETCH)` tasks are handed over at a time, running
-        or next in line, so that `shutdown(cancel_futures=True)` and
-        `Future.cancel()` still reach the rest. Handed-over tasks go to workers
-        first, in order.
-        """
-        room = self.max_workers * (1 + PREFETCH) - len(self._ready)
-        room -= sum(1 for w in self._workers if w.item is not None)
-        while room > 0 and self._pending:
-            item = self._pending.popleft()
-            if not item.started:
-                if not item.future.set_running_or_notify_cancel():
-                    item.release()
-                    continue
-                item.started = True
-            self._ready.append(item)
-            room -= 1
-
-    def _assign_locked(self) -> list[tuple[WorkerHandle, WorkItem]]:
-        out = []
-        now = time.monotonic()
-        self._fill_ready_locked()
-        while self._ready and self._idle:
-            item = self._ready.popleft()
-            w = self._idle.pop()
-            w.state = BUSY
-            w.item = item
-            w.task_started = now
-            w.cancel_deadline = None
-            if item.stop_requested:
-                w.cancel_deadline = now + SHUTDOWN_GRACE
-            w.next_memory_check = now + MEMORY_CHECK_INTERVAL
-            w.memory_strikes = 0
-            # Tasks come back to back (this one within `spin` of the worker's last
-            # result): the next one will likely come as quickly, so the worker should
-            # poll for it rather than sleep. The caller judges this, not the worker:
-            # the worker would see its own wake-up latency in the gap.
-            item.spin_after = now - w.last_result_at < self.spin
-            item.worker = w
-            out.append((w, item))
-        if out:
-            self._fill_ready_locked()
-        return out
-
-    def _spawn_needed_locked(self) -> bool:
-        if self.broken is not None:
-            return False
-        queued = len(self._ready) + len(self._pending)
-        if not queued:
-            return False
-        live = [w for w in self._workers if w.state != RETIRING]
-        starting = sum(1 for w in live if w.state == STARTING)
-        return len(live) < self.max_workers and queued > starting + len(self._idle)
+    # -- carrying out the dispatcher's plans ------------------------------------
 
     def _send_tasks(self, assignments: list[tuple[WorkerHandle, WorkItem]]) -> None:
         for w, item in assignments:
@@ -564,19 +469,20 @@ class Pool:
         except BaseException:
             pass
         with self._lock:
-            if self.broken is None:
-                self.broken = message
+            d = self.dispatch
+            if d.broken is None:
+                d.broken = message
                 self._broken_cause = exc
-            items = [*self._ready, *self._pending]
-            self._ready.clear()
-            self._pending.clear()
-            workers = list(self._workers)
+            items = [*d.ready, *d.pending]
+            d.ready.clear()
+            d.pending.clear()
+            workers = list(d.workers)
             for w in workers:
                 if w.item is not None:
                     items.append(w.item)
                     w.item.worker = None
                     w.item = None
-            self._idle.clear()
+            d.idle.clear()
             futures = list(self._futures)
         self._logs.keep = True
         for w in workers:
@@ -592,7 +498,7 @@ class Pool:
                 w.popen.wait(timeout=5.0)
             except BaseException:
                 pass
-            w.dead = True
+            w.phase = Phase.DEAD
             w.process._reaped.set()
             for closable in (w.sock, w.popen.stdout, w.popen.stderr, w.output.log_file):
                 try:
@@ -607,7 +513,7 @@ class Pool:
                     pass
                 w.pidfd = None
         with self._lock:
-            self._workers.clear()
+            self.dispatch.workers.clear()
             self.processes.clear()
         for item in items:
             item.release()
@@ -749,14 +655,9 @@ class Pool:
                 self._on_init_failed(w, payload)
 
     def _on_ready(self, w: WorkerHandle) -> None:
-        w.ready = True
         with self._lock:
-            self._start_failures = self._start_kills = 0
-            if w.state == STARTING:
-                w.state = IDLE
-                self._idle.append(w)
-            assignments = self._assign_locked()
-        self._send_tasks(assignments)
+            plan = self.dispatch.ready_worker(w, time.monotonic())
+        self._send_tasks(plan.sends)
 
     def _on_init_failed(self, w: WorkerHandle, payload: bytes) -> None:
         cause = protocol.rebuild_exception(pickle.loads(payload))
@@ -794,27 +695,15 @@ class Pool:
             status, data = wire.RAISED, exc
             if reply is not None and self.segments is not None:
                 self.segments.settle(reply)
-        w.item = None
-        item.worker = None
-        w.tasks_done += 1
-        w.last_result_at = time.monotonic()
-        retire = (
-            w.exiting
-            or (self.max_tasks_per_child is not None and w.tasks_done >= self.max_tasks_per_child)
-            or (self.max_memory is not None and self._rss(w) > self.max_memory)
-        )
+        over_memory = self.max_memory is not None and self._rss(w) > self.max_memory
         with self._lock:
+            retire, plan = self.dispatch.result(w, time.monotonic(), over_memory)
             if retire:
-                self._retire_locked(w)
-            else:
-                w.state = IDLE
-                self._idle.append(w)
-            assignments = self._assign_locked()
-            spawn = self._spawn_needed_locked()
-        self._send_tasks(assignments)
+                self._forget_process(w)
+        self._send_tasks(plan.sends)
         if retire:
             w.send(wire.SHUTDOWN)
-        if spawn:
+        if plan.spawn:
             self._spawn_soon()
         item.future._bayou_seconds = seconds  # the call's own duration, for map's batching
         if settles is None:
@@ -822,11 +711,8 @@ class Pool:
         else:
             settles.append((item, status, data))
 
-    def _retire_locked(self, w: WorkerHandle) -> None:
-        if w in self._idle:
-            self._idle.remove(w)
-        w.state = RETIRING
-        w.retired_at = time.monotonic()
+    def _forget_process(self, w: WorkerHandle) -> None:
+        """`w` leaves `processes` (ProcessPoolExecutor's view) once retired or dead."""
         if self.processes.get(w.pid) is w.process:
             del self.processes[w.pid]
 
@@ -866,7 +752,7 @@ class Pool:
     def _spawn_as_needed(self) -> None:
         while True:
             with self._lock:
-                if not self._spawn_needed_locked():
+                if not self.dispatch._spawn_needed():
                     return
             if not self._spawn_one():
                 return
@@ -889,7 +775,7 @@ class Pool:
         if w.pidfd is not None:
             self._selector.register(w.pidfd, selectors.EVENT_READ, ("pidfd", w))
         with self._lock:
-            self._workers.append(w)
+            self.dispatch.spawned(w)
             self.processes[w.pid] = w.process
         return True
 
@@ -949,13 +835,13 @@ class Pool:
 
     def _on_exit(self, w: WorkerHandle) -> None:
         """A worker is gone (EOF on its socket, pidfd, or we killed it): account for it."""
-        if w.dead:
+        if w.exiting:
             return
-        w.exiting = True
+        w.phase = Phase.EXITING
         with w.read_lock:  # a follower polls the pidfd too: it lets go at once
             if w.sock is not None and w.reader is not None:
                 self._read_last_frames(w)
-            w.dead = True
+            w.phase = Phase.DEAD
         if w.pidfd is not None:
             self._selector.unregister(w.pidfd)
             os.close(w.pidfd)
@@ -984,57 +870,29 @@ class Pool:
         w.process._reaped.set()
         w.output.close()
 
-        outcome: BaseException | str | None = None
         with self._lock:
-            self._workers.remove(w)
-            if w in self._idle:
-                self._idle.remove(w)
-            if self.processes.get(w.pid) is w.process:
-                del self.processes[w.pid]
-            item, w.item = w.item, None
-            if item is not None:
-                item.worker = None
-                if item.cancel_requested or item.stop_requested:
-                    outcome = "cancel"
-                elif item.undelivered and self.broken is None:
-                    item._payload = None
-                    self._ready.appendleft(item)  # it never ran: no attempt is spent
-                else:
-                    exc, retryable = self._exit_error(w, item, rc)
-                    if retryable and item.attempts < self.retries and self.broken is None:
-                        item.attempts += 1
-                        item._payload = None
-                        self._ready.appendleft(item)
-                        logger.warning("%s; retrying (attempt %d)", exc, item.attempts + 1)
-                    else:
-                        outcome = exc
-                    self._logs.keep = True
-            elif not w.ready and w.kill_reason is None and not self._shutdown:
-                if -rc in _OUTSIDE_KILLS:
-                    self._start_kills += 1
-                else:
-                    self._start_failures += 1
-                self._logs.keep = True
-            start_failed = (
-                self._start_failures >= _MAX_START_FAILURES
-                or self._start_kills >= _MAX_START_KILLS
+            self._forget_process(w)
+            end = self.dispatch.exited(
+                w, rc, time.monotonic(), lambda item: self._exit_error(w, item, rc)
             )
-            assignments = self._assign_locked()
-            spawn = self._spawn_needed_locked() and not start_failed
-        if start_failed:
+        if end.keep_logs:
+            self._logs.keep = True
+        if end.fate == "retried":
+            logger.warning("%s; retrying (attempt %d)", end.error, end.item.attempts + 1)
+        if end.start_failed:
             self._break(
                 f"workers of env {self.environment.hash} ({self.environment.python}) die "
                 f"before they are ready: the last one {process.exit_text(rc)}" + w.output.tail()
             )
-        self._send_tasks(assignments)
-        if spawn:
+        self._send_tasks(end.plan.sends)
+        if end.plan.spawn:
             self._spawn_as_needed()
-        if outcome == "cancel":
-            item.release()
-            item.future._force_cancel()
-        elif isinstance(outcome, BaseException):
-            item.release()
-            set_exception(item.future, outcome)
+        if end.fate == "cancelled":
+            end.item.release()
+            end.item.future._force_cancel()
+        elif end.fate == "failed":
+            end.item.release()
+            set_exception(end.item.future, end.error)
 
     def _read_last_frames(self, w: WorkerHandle) -> None:
         """Handle what a dead worker sent before dying: its pidfd may be seen before
@@ -1061,87 +919,28 @@ class Pool:
         )
 
     def _check_timers(self) -> float:
-        """Enforce every deadline; return how long the selector may sleep."""
+        """Enforce every deadline (`dispatch.timers`); how long the selector may sleep."""
         if self.segments is not None:
             self.segments.trim()
-        now = time.monotonic()
-        nearest = now + _MAX_SELECT
-        self._handshakes.expire(now)
-        ht, tt = self.heartbeat_timeout, self.task_timeout
-        for w in list(self._workers):
-            if w.dead or w.kill_reason is not None:
-                continue
-            if w.pidfd is None and w.popen.poll() is not None:
+        self._handshakes.expire(time.monotonic())
+        for w in list(self.dispatch.workers):
+            if not w.exiting and w.pidfd is None and w.popen.poll() is not None:
                 self._on_exit(w)  # no pidfd on this platform: poll
-                continue
-            if w.state == STARTING:
-                if now - w.started_at > self.start_timeout:
-                    self._kill(w, (WorkerCrashedError, "did not start in time"))
-                else:
-                    nearest = min(nearest, w.started_at + self.start_timeout)
-                continue
-            if w.state == RETIRING:
-                if now - w.retired_at > _RETIRE_TIMEOUT:
-                    self._kill(w, _QUIET)
-                continue
-            if ht is not None:
-                if now - w.last_seen > ht:
-                    self._kill(
-                        w,
-                        (
-                            WorkerHungError,
-                            f"no heartbeat for {now - w.last_seen:.1f} s "
-                            f"(heartbeat_timeout={ht}); a task stuck in code that holds "
-                            f"the GIL looks like this",
-                        ),
-                    )
-                    continue
-                nearest = min(nearest, w.last_seen + ht)
-            if w.state != BUSY:
-                continue
-            if tt is not None:
-                if now - w.task_started > tt:
-                    self._kill(w, (TaskTimeoutError, f"it ran longer than task_timeout={tt} s"))
-                    continue
-                nearest = min(nearest, w.task_started + tt)
-            if w.cancel_deadline is not None:
-                if now >= w.cancel_deadline:
-                    self._kill(w, _QUIET)
-                    continue
-                nearest = min(nearest, w.cancel_deadline)
-            if self.max_memory is not None:
-                if now >= w.next_memory_check:
-                    rss = self._rss(w)
-                    over = rss > self.max_memory and not _has_input(w.sock)
-                    # A task is killed when it stays over the cap for a whole check
-                    # interval: one that crosses the cap just before it returns (a
-                    # leak) stands, and its worker is recycled after it.
-                    w.memory_strikes = w.memory_strikes + 1 if over else 0
-                    if w.memory_strikes >= 2:
-                        self._kill(
-                            w,
-                            (
-                                MemoryLimitError,
-                                f"it used {rss} bytes of memory, over "
-                                f"max_memory_per_worker={self.max_memory}",
-                            ),
-                        )
-                        continue
-                    w.next_memory_check = now + MEMORY_CHECK_INTERVAL
-                nearest = min(nearest, w.next_memory_check)
+        with self._lock:
+            kills, nearest = self.dispatch.timers(
+                time.monotonic(), self._rss, lambda w: _has_input(w.sock)
+            )
+        for w, reason in kills:
+            self._kill(w, reason)
         return max(0.0, nearest - time.monotonic())
 
     def _break(self, message: str, cause: BaseException | None = None) -> None:
         """Make the pool unusable, like a broken ProcessPoolExecutor."""
         with self._lock:
-            if self.broken is not None:
+            if self.dispatch.broken is not None:
                 return
-            self.broken = message
+            pending, workers = self.dispatch.break_pool(message)
             self._broken_cause = cause
-            pending = [*self._ready, *self._pending]
-            self._pending.clear()
-            self._ready.clear()
-            workers = list(self._workers)
         self._logs.keep = True
         for item in pending:
             item.release()
@@ -1158,16 +957,13 @@ class Pool:
         if not self._shutdown:
             return False
         with self._lock:
-            if self._pending or self._ready or any(w.item is not None for w in self._workers):
-                return False
-            self._stopping = True
-            to_stop = [w for w in self._workers if w.state in (STARTING, IDLE)]
+            to_stop, gone = self.dispatch.finish(time.monotonic())
             for w in to_stop:
-                self._retire_locked(w)
-            done = not self._workers and not self._calls and not self._following
+                self._forget_process(w)
+            done = gone and not self._calls and not self._following
         for w in to_stop:
-            if not w.ready or not w.send(wire.SHUTDOWN):
-                self._kill(w, _QUIET)
+            if w.ready_at is None or not w.send(wire.SHUTDOWN):
+                self._kill(w, QUIET)
         return done
 
     def _close(self) -> None:
