@@ -18,24 +18,21 @@ always fresh interpreters of the environment's Python.
 
 from __future__ import annotations
 
-import collections
 import functools
 import inspect
-import itertools
 import logging
-import multiprocessing
 import operator
 import os
 import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from . import boundary, errors, protocol
+from . import batching, boundary, errors, protocol
 from . import pool as pool_module
 from .environment import Environment, current_environment
 from .futures import BayouFuture, Progress  # noqa: F401 (bayou.executor.BayouFuture still works)
@@ -250,7 +247,6 @@ class EnvExecutor(Executor):
             except Exception as exc:
                 raise _initializer_pickling_error(initializer, tuple(initargs), exc) from exc
         self._max_workers = max_workers
-        self._mp_context = mp_context or multiprocessing.get_context("spawn")
         options = dict(
             max_workers=max_workers,
             initializer=init_blob,
@@ -265,7 +261,7 @@ class EnvExecutor(Executor):
         )
         self._pool = self._make_pool(self.environment, options, name=name, debug=debug)
         # per-call seconds of the functions `map` batched, so the next map of one
-        # starts with batches of the right size (`_MapFeeder`)
+        # starts with batches of the right size (`batching`)
         self._call_seconds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._finalizer = weakref.finalize(self, self._pool.shutdown, False, False)
         if self._env_hold is not None:
@@ -354,6 +350,22 @@ class EnvExecutor(Executor):
             else None,
         )
 
+    def _encode_function(self, fn: Callable) -> tuple[tuple, frozenset]:
+        """(function record, roots) for `fn` in this executor's env (map's batching)."""
+        return self._encoder.function(fn)
+
+    def _submit_calls(
+        self, fn: Callable, kind: int, calls: list, fn_record: tuple | None, roots: frozenset
+    ) -> BayouFuture:
+        """One task running `fn` over `calls` (a CHUNK or ITEMS task of map's batching)."""
+
+        def make() -> WorkItem:
+            item = self._item(fn, kind, calls, fn_record=fn_record)
+            item.roots = item.roots | roots
+            return item
+
+        return self._submit_item(make)
+
     def _submit_item(self, make: Callable[[], WorkItem]) -> BayouFuture:
         if pool_module.lifetime.stopping():
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
@@ -436,7 +448,7 @@ class EnvExecutor(Executor):
             ``chunksize=1`` (every call has its own outcome), at a fraction of
             its cost for many small calls: calls are batched only while others
             of this map are already queued (so a short map still runs one call
-            per task, spread over the workers), up to about `_BATCH_SECONDS` of
+            per task, spread over the workers), up to about `batching.BATCH_SECONDS` of
             measured work per batch, so that long calls stay balanced.
             An int: exactly that many calls per task, as ProcessPoolExecutor
             does (an exception fails the rest of its chunk).
@@ -454,12 +466,12 @@ class EnvExecutor(Executor):
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
-        feeder = _MapFeeder(self, fn, zip(*iterables, strict=False), chunksize, buffersize)
+        feeder = batching.MapFeeder(self, fn, zip(*iterables, strict=False), chunksize, buffersize)
         if buffersize is None:
             feeder.fill(None)
         else:
             feeder.fill(buffersize)
-        return _results(feeder, end_time)
+        return batching.results(feeder, end_time)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; with `cancel_futures`, cancel queued tasks and stop running ones.
@@ -588,212 +600,3 @@ class RemoteFunction:
 
     def __repr__(self) -> str:
         return f"<bayou remote function {os.fspath(self._module)}:{self._name}>"
-
-
-def _result_or_cancel(fut: Future, timeout: float | None = None) -> Any:
-    try:
-        try:
-            return fut.result(timeout)
-        finally:
-            fut.cancel()
-    finally:
-        del fut
-
-
-# -- map ----------------------------------------------------------------------------------
-
-_SINGLE, _CHUNK, _BATCH = 0, 1, 2  # what a map future's result is: a value, a list, a batch
-_BATCH_SECONDS = 0.02  # measured work per automatic batch
-_MAX_BATCH = 1024  # calls per automatic batch
-_UNMEASURED_BATCH = 4  # calls per automatic batch until one batch has been timed
-
-
-class _MapFeeder:
-    """Turns map's argument tuples into submitted tasks, eagerly or within a buffer.
-
-    `tasks` holds (kind, future, calls) in submission order. With
-    `buffersize`, the executor is held weakly (as CPython 3.14 does): once it
-    is gone no more tasks are submitted.
-    """
-
-    def __init__(
-        self,
-        executor: EnvExecutor,
-        fn: Callable,
-        args_iter: Iterator,
-        chunksize: int | None,
-        buffersize: int | None,
-    ) -> None:
-        self.fn = fn
-        self.args_iter = args_iter
-        self.chunksize = chunksize
-        self.buffersize = buffersize
-        self.tasks: collections.deque = collections.deque()
-        self.pending_calls = 0  # calls in `tasks`
-        self.exhausted = False
-        self.workers = executor._max_workers
-        self.submitted = 0  # calls, written by the submitting thread only
-        self.completed = 0  # calls, written by done callbacks only
-        # seconds per call, measured in workers; a later map of the same function
-        # starts from what the last one measured (`EnvExecutor._call_seconds`)
-        self._hints = executor._call_seconds
-        try:
-            self.per_call: float | None = self._hints.get(fn)
-        except TypeError:  # not weakly referenceable: nothing remembered
-            self.per_call = None
-        self._executor = executor if buffersize is None else weakref.ref(executor)
-        self._fn_record: tuple | None = None
-        self._roots: frozenset = frozenset()
-        self._fn_error: BaseException | None = None
-        if chunksize != 1:
-            try:
-                self._fn_record, self._roots = executor._encoder.function(fn)
-            except errors.CrossVersionError:
-                raise
-            except errors.PicklingError as exc:
-                self._fn_error = exc
-
-    def executor(self) -> EnvExecutor | None:
-        if isinstance(self._executor, weakref.ref):
-            return self._executor()
-        return self._executor
-
-    def fill(self, limit: int | None) -> None:
-        """Submit until the iterables end or `limit` calls (tasks, for chunks) are pending."""
-        if self.exhausted:
-            return
-        executor = self.executor()
-        if executor is None:
-            self.exhausted = True
-            return
-        fixed = self.chunksize is not None
-        while True:
-            room = None
-            if limit is not None:
-                room = limit - (len(self.tasks) if fixed else self.pending_calls)
-                if room <= 0:
-                    return
-            size = self.chunksize if fixed else self._batch_size(room)
-            calls = list(itertools.islice(self.args_iter, size))
-            if not calls:
-                self.exhausted = True
-                return
-            self._submit(executor, calls)
-
-    def _batch_size(self, room: int | None) -> int:
-        queued = self.submitted - self.completed
-        size = 1 + queued // (2 * self.workers)
-        per_call = self.per_call
-        if per_call is None:
-            cap = _UNMEASURED_BATCH
-        else:
-            cap = max(1, int(_BATCH_SECONDS / max(per_call, 1e-7)))
-        size = min(size, cap, _MAX_BATCH)
-        return max(1, size if room is None else min(size, room))
-
-    def _submit(self, executor: EnvExecutor, calls: list) -> None:
-        fn = self.fn
-        n = len(calls)
-        self.submitted += n
-        self.pending_calls += n
-        if self.chunksize == 1 or (self.chunksize is None and n == 1):
-            self.tasks.append((_SINGLE, executor.submit(fn, *calls[0]), 1))
-            self._count_when_done(self.tasks[-1][1], 1)
-            return
-        if self._fn_error is not None:
-            fut = BayouFuture()
-            fut.set_exception(self._fn_error)
-            self.tasks.append((_CHUNK, fut, n))
-            return
-        kind = wire.CHUNK if self.chunksize is not None else wire.ITEMS
-
-        def make() -> WorkItem:
-            item = executor._item(fn, kind, calls, fn_record=self._fn_record)
-            item.roots = item.roots | self._roots
-            return item
-
-        fut = executor._submit_item(make)
-        if kind == wire.ITEMS and fut.done() and isinstance(fut.exception(), errors.PicklingError):
-            # One argument cannot be pickled: submit the calls one by one, so
-            # that only that call fails, at its place (chunksize=1 semantics).
-            self.submitted -= n
-            self.pending_calls -= n
-            for args in calls:
-                self._submit(executor, [args])
-            return
-        self.tasks.append((_CHUNK if kind == wire.CHUNK else _BATCH, fut, n))
-        self._count_when_done(fut, n)
-
-    def _count_when_done(self, fut: Future, n: int) -> None:
-        ref = weakref.ref(self)
-
-        def done(f: Future, n: int = n) -> None:
-            feeder = ref()
-            if feeder is None:
-                return
-            feeder.completed += n
-            seconds = getattr(f, "_bayou_seconds", None)  # the calls' duration in the worker
-            if seconds is not None:
-                old = feeder.per_call
-                feeder.per_call = seconds / n if old is None else 0.5 * (old + seconds / n)
-                try:
-                    feeder._hints[feeder.fn] = feeder.per_call
-                except TypeError:
-                    pass
-
-        fut.add_done_callback(done)
-
-    def pop(self) -> tuple[int, list[Future]]:
-        """The next task's kind and its future in a box (`_result_or_cancel(box.pop())`
-        leaves no reference to the future, hence to its result, in the caller's frame).
-
-        With a buffer, the next tasks are submitted first, as Python 3.14 does:
-        once k results are yielded, at most k + buffersize calls (tasks, for
-        explicit chunks) have been taken from the iterables.
-        """
-        kind, fut, n = self.tasks.popleft()
-        self.pending_calls -= n
-        if self.buffersize is not None:
-            self.fill(self.buffersize if self.chunksize is not None else self.buffersize - n + 1)
-        return kind, [fut]
-
-    def cancel_all(self) -> None:
-        while self.tasks:
-            self.tasks.popleft()[1].cancel()
-
-
-def _results(feeder: _MapFeeder, end_time: float | None) -> Iterator:
-    """Yield results in order, cancelling the rest if the consumer stops (CPython's logic).
-
-    No local variable holds a result while the generator is suspended, and each
-    future is popped before it is waited on: the iterator keeps no reference to
-    a result it has already yielded (CPython's test_free_reference).
-    """
-    try:
-        while feeder.tasks:
-            kind, box = feeder.pop()
-            timeout = None if end_time is None else end_time - time.monotonic()
-            if kind == _SINGLE:
-                yield _result_or_cancel(box.pop(), timeout)
-            elif kind == _CHUNK:
-                yield from _pop_each(_result_or_cancel(box.pop(), timeout))
-            else:
-                yield from _pop_batch(_result_or_cancel(box.pop(), timeout))
-    finally:
-        feeder.cancel_all()
-
-
-def _pop_each(values: list) -> Iterator:
-    """Yield a chunk's results in order, dropping each as it goes (`_chain_from_iterable_of_lists`)."""
-    values.reverse()
-    while values:
-        yield values.pop()
-
-
-def _pop_batch(batch: tuple) -> Iterator:
-    """An automatic batch: its values, then the exception of the call that raised, if any."""
-    values, error = batch
-    del batch
-    yield from _pop_each(values)
-    if error is not None:
-        raise error

@@ -2,12 +2,13 @@
 
 A `BayouFuture` is a real `concurrent.futures.Future` (``wait``,
 ``as_completed``, ``asyncio.wrap_future`` work unchanged) with the task's
-progress on top. The pool sets three things on it while the task is queued::
+progress on top. The pool that runs the task gives it, through `bind` and
+`record_seconds`::
 
-    _bayou_follow   result()/exception() on a RUNNING future read the worker's
-                    socket in the waiting thread (`pool.follow`)
-    _bayou_cancel   `bayou.cancel(future, grace=)`
-    _bayou_seconds  how long the call ran in the worker (map's batching)
+    follow     result()/exception() on a RUNNING future read the worker's
+               socket in the waiting thread (`pool.follow`)
+    cancel     `bayou.cancel(future, grace=)` (`cancel_hard`)
+    seconds    how long the call ran in the worker (map's batching)
 
 Every outcome goes through `set_result` / `set_exception` / `force_cancel`
 here, which never raise: a future the user cancelled meanwhile keeps its
@@ -38,29 +39,46 @@ class Progress(NamedTuple):
 class BayouFuture(Future):
     """A `concurrent.futures.Future` that also carries the task's progress."""
 
-    _bayou_seconds: float | None = None  # how long the call ran in the worker
-
     def __init__(self) -> None:
         super().__init__()
         self._progress: Progress | None = None
         self._progress_callbacks: list[Callable[[BayouFuture, Progress], object]] = []
+        self._follow: Callable[[float | None], float | None] | None = None
+        self._cancel: Callable[[float], bool] | None = None
+        self.seconds: float | None = None  # how long the call ran in the worker
+
+    def bind(
+        self,
+        cancel: Callable[[float], bool],
+        follow: Callable[[float | None], float | None] | None = None,
+    ) -> None:
+        """The pool queued the task: how to cancel it with a grace, and how the
+        thread waiting in `result()` can read the worker itself (saving the
+        supervisor's hop)."""
+        self._cancel, self._follow = cancel, follow
+
+    def record_seconds(self, seconds: float | None) -> None:
+        self.seconds = seconds
+
+    def cancel_hard(self, grace: float) -> bool:
+        """`bayou.cancel`: drop the queued task, or stop the running one (killed after
+        `grace` seconds); False if it had already finished."""
+        if self._cancel is None:
+            return self.cancel()
+        return self._cancel(grace)
 
     @property
     def progress(self) -> Progress | None:
         return self._progress
 
-    # Set by the pool once the task is queued: reads the result off the worker's
-    # socket in the waiting thread (`Pool.follow`), saving the supervisor's hop.
-    _bayou_follow: Callable[[float | None], float | None] | None = None
-
     def result(self, timeout: float | None = None) -> Any:
-        if self._state == futures_base.RUNNING and self._bayou_follow is not None:
-            timeout = self._bayou_follow(timeout)
+        if self._state == futures_base.RUNNING and self._follow is not None:
+            timeout = self._follow(timeout)
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        if self._state == futures_base.RUNNING and self._bayou_follow is not None:
-            timeout = self._bayou_follow(timeout)
+        if self._state == futures_base.RUNNING and self._follow is not None:
+            timeout = self._follow(timeout)
         return super().exception(timeout)
 
     def add_progress_callback(self, fn: Callable[[BayouFuture, Progress], object]) -> None:

@@ -38,7 +38,8 @@ def cancel(future: Future, grace: float = 5.0) -> bool:
     ends cancelled. Returns False if the future had already finished. For a
     future that bayou did not create, this is `future.cancel()`.
     """
-    handle = getattr(future, "_bayou_cancel", None)
-    if handle is None:
-        return future.cancel()
-    return handle(grace)
+    from .futures import BayouFuture
+
+    if isinstance(future, BayouFuture):
+        return future.cancel_hard(grace)
+    return future.cancel()

@@ -43,7 +43,7 @@ from typing import Any
 
 from .. import logs
 from ..environment import Environment
-from ..pool import SHUTDOWN_GRACE, Pool, WorkItem, lifetime
+from ..pool import SHUTDOWN_GRACE, WorkItem, lifetime, outcome
 from ..store import Store
 from ..worker import wire
 from . import registry
@@ -231,15 +231,11 @@ class RemotePool:
         self.environment: Environment = welcome["environment"]
         self.max_workers: int = welcome["max_workers"]
         self.host_pid: int = welcome["host_pid"]
-        self.debug: bool = welcome.get("debug", False)
         self.broken: str | None = None
         self._shutdown = False
         self.processes: dict = {}  # the workers are the host's children, not ours
         self.segments = None  # no shared memory with the host: buffers travel inline
         self.retries = 0  # retrying is the host pool's business
-        # Settles our futures from the host's raw results exactly as a local pool
-        # would (Pool._complete); never started, so it owns no thread or process.
-        self._settler = Pool(self.environment, max_workers=1)
         self._conn = conn
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
@@ -265,7 +261,7 @@ class RemotePool:
             task_id = item.task_id = next(self._ids)
             self._items[task_id] = item
         fut = item.future
-        fut._bayou_cancel = functools.partial(_cancel_by_ref, weakref.ref(self), task_id)
+        fut.bind(cancel=functools.partial(_cancel_by_ref, weakref.ref(self), task_id))
         fut.add_done_callback(functools.partial(_local_done, weakref.ref(self), task_id))
         oob = getattr(item, "oob", None)  # big argument buffers, inline (segments is None)
         message = (
@@ -390,7 +386,7 @@ class RemotePool:
                     item = self._pop(task_id)
                     if item is not None and _started(item.future):
                         status, data = message[2], local_result(message[2], message[3])
-                        self._settler._complete(item, status, data)
+                        outcome.settle(item, status, data, self.environment)
                 elif kind == "exception":
                     item = self._pop(task_id)
                     if item is not None:

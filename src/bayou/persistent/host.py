@@ -12,12 +12,12 @@ outlives its starter), logs to ``<store>/logs/pools/<name>/manager.log``
       └─ one Session per client connection (thread + outbox writer thread)
            hello ─▶ version check ─▶ welcome(environment, options)
            submit(task id, call kind, fn record, args blob, roots, label)
-               ─▶ WorkItem ─▶ RelayPool (a Pool) ─▶ workers of the env
+               ─▶ WorkItem ─▶ Pool (settle=relay_settle) ─▶ workers of the env
            ◀─ running / progress / result(status, raw data) / exception / cancelled
            cancel, info, detach
 
 Tasks arrive already encoded by the client (its `TaskEncoder`), and results
-go back undecoded (`RelayPool._complete`): the host never imports the
+go back undecoded (`relay_settle`): the host never imports the
 caller's modules and never unpickles user objects. A client that vanishes
 without detaching has its outstanding tasks cancelled. SIGTERM (`bayou workers stop`)
 removes the entry first (no new attach), cancels queued work, stops the
@@ -56,27 +56,25 @@ PRUNE_INTERVAL = 60.0  # s between worker-log rotations
 WARMUP_TIMEOUT = 300.0
 
 
-class RelayPool(Pool):
-    """A Pool that hands results back undecoded: the client unpickles them, not the host.
+def relay_settle(item: WorkItem, status: int, data: Any) -> None:
+    """The host's settle strategy for its `Pool`: hand results back undecoded.
 
-    `Pool._complete(item, status, data)` is where a local pool decodes a
-    result; here the result is only made portable (`portable_result`) and
-    parked on the future for its session to send.
+    A local pool decodes a worker's answer (`outcome.settle`); here it is only
+    made portable (`portable_result`) and parked on the future for its session
+    to send, so the host never imports the user's classes: the client unpickles.
     """
-
-    def _complete(self, item: WorkItem, status: int, data: Any) -> None:
-        fut = item.future
-        try:
-            if item.cancel_requested:
-                fut._force_cancel()
-                return
-            fut.raw = (status, portable_result(status, data))
-            del data
-        finally:
-            item.release()
-        if not fut.done():
-            with contextlib.suppress(Exception):
-                fut.set_result(None)
+    fut = item.future
+    try:
+        if item.cancel_requested:
+            fut._force_cancel()
+            return
+        fut.raw = (status, portable_result(status, data))
+        del data
+    finally:
+        item.release()
+    if not fut.done():
+        with contextlib.suppress(Exception):
+            fut.set_result(None)
 
 
 def portable_result(status: int, data: Any) -> Any:
@@ -95,14 +93,6 @@ def portable_result(status: int, data: Any) -> Any:
     if isinstance(data, BaseException):
         return _pickle_exception(data)
     return data
-
-
-def _pool_class(debug: bool) -> type:
-    if not debug:
-        return RelayPool
-    from ..debugging import DebugPool
-
-    return type("RelayDebugPool", (RelayPool, DebugPool), {})
 
 
 class RelayFuture(BayouFuture):
@@ -330,10 +320,15 @@ class Host:
         options["output"] = "logging"  # nobody's terminal to echo to: the logs have it
         if options.get("log_dir") is None:
             options["log_dir"] = self.log_dir / logs.WORKERS
-        cls = _pool_class(self.config.get("debug", False))
+        options["settle"] = relay_settle
         if self.config.get("debug"):
-            options.update(debug_id=self.name, store=self.store)
-        self.pool = cls(self.environment, **options)
+            from ..debugging import DebugPool
+
+            self.pool = DebugPool(
+                self.environment, debug_id=self.name, store=self.store, **options
+            )
+        else:
+            self.pool = Pool(self.environment, **options)
         self._warm_up()
         if self.pool.broken:
             raise RuntimeError(self.pool.broken)

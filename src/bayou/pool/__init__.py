@@ -9,7 +9,7 @@ process), `connection` (the handshake), `output` (a worker's stdout/stderr),
 duties: the exit hook, forks).
 """
 
-from . import lifetime
+from . import lifetime, outcome
 from .dispatch import PREFETCH, SHUTDOWN_GRACE
 from .process import BOOTSTRAP, WorkerProcess
 from .supervisor import (
@@ -34,5 +34,6 @@ __all__ = [
     "WorkerProcess",
     "heartbeat_interval",
     "lifetime",
+    "outcome",
     "spin_seconds",
 ]

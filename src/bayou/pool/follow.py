@@ -39,7 +39,7 @@ FOLLOW_SLICE = 0.25  # s a follower polls before it looks again (pidfd-less plat
 
 
 def by_ref(pool_ref, item_ref, timeout: float | None) -> float | None:
-    """`future._bayou_follow`: `follow` through weak references."""
+    """A future's follow hook (`BayouFuture.bind`): `follow` through weak references."""
     pool, item = pool_ref(), item_ref()
     if pool is None or item is None:
         return timeout

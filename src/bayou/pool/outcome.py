@@ -23,8 +23,34 @@ from typing import Any
 
 from .. import boundary, errors, protocol
 from ..environment import Environment
+from ..futures import set_exception, set_result
 from ..worker import wire
 from . import process
+
+
+def settle(item: Any, status: int, data: Any, environment: Environment | None) -> None:
+    """Settle `item`'s future: `data` is (payload, start, end, buffers) for OK, else an
+    error record, or an exception met reading it. The pool's and a persistent pool's
+    client's one way to turn a worker's answer into the future's outcome."""
+    failure = None
+    if status != wire.OK and not item.cancel_requested and not isinstance(data, BaseException):
+        # before release: naming the argument at fault reads item.call
+        failure = remote_error(item, status, data, environment=environment)
+    item.release()
+    fut = item.future
+    if item.cancel_requested:
+        fut._force_cancel()
+    elif status == wire.OK:
+        result, error = value(item, data, environment)
+        del data
+        if error is None:
+            set_result(fut, result)
+        else:
+            set_exception(fut, error)
+    elif isinstance(data, BaseException):
+        set_exception(fut, data)
+    else:
+        set_exception(fut, failure)
 
 
 def value(

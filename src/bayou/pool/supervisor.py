@@ -78,7 +78,7 @@ from typing import Any
 
 from .. import errors, protocol, shm
 from ..environment import Environment
-from ..futures import set_exception, set_result
+from ..futures import set_exception
 from ..worker import deploy, wire
 from . import follow, lifetime, outcome, process
 from .connection import Handshakes
@@ -220,10 +220,15 @@ class Pool:
         output: str = "inherit",
         runtime_root: str | os.PathLike | None = None,
         start_timeout: float = 120.0,
+        settle: Callable[[WorkItem, int, Any], None] | None = None,
     ) -> None:
+        """`settle(item, status, data)` turns a worker's answer into the future's
+        outcome; by default `outcome.settle` decodes it here (a persistent pool's host
+        passes one that keeps it encoded for its client)."""
         if output not in OUTPUT_MODES:
             raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUT_MODES))}")
         self.environment = environment
+        self._settle = settle
         self.output = output
         self.max_workers = max_workers
         self.initializer = initializer
@@ -310,8 +315,10 @@ class Pool:
             # weak references: the future must not keep its item (and the pool's
             # records) alive in a cycle once the task is settled
             pool_ref, item_ref = weakref.ref(self), weakref.ref(item)
-            item.future._bayou_cancel = functools.partial(_cancel_by_ref, pool_ref, item_ref)
-            item.future._bayou_follow = functools.partial(follow.by_ref, pool_ref, item_ref)
+            item.future.bind(
+                cancel=functools.partial(_cancel_by_ref, pool_ref, item_ref),
+                follow=functools.partial(follow.by_ref, pool_ref, item_ref),
+            )
             self._futures.add(item.future)
             plan = self.dispatch.submit(item, time.monotonic())
         self._send_tasks(plan.sends)
@@ -705,7 +712,7 @@ class Pool:
             w.send(wire.SHUTDOWN)
         if plan.spawn:
             self._spawn_soon()
-        item.future._bayou_seconds = seconds  # the call's own duration, for map's batching
+        item.future.record_seconds(seconds)  # the call's own duration, for map's batching
         if settles is None:
             self._complete(item, status, data)
         else:
@@ -717,27 +724,11 @@ class Pool:
             del self.processes[w.pid]
 
     def _complete(self, item: WorkItem, status: int, data: Any) -> None:
-        """Settle `item`: `data` is (payload, start, end, buffers) for OK, else an error
-        record, or an exception met reading it (`outcome`)."""
-        failure = None
-        if status != wire.OK and not item.cancel_requested and not isinstance(data, BaseException):
-            # before release: naming the argument at fault reads item.call
-            failure = outcome.remote_error(item, status, data, environment=self.environment)
-        item.release()
-        fut = item.future
-        if item.cancel_requested:
-            fut._force_cancel()
-        elif status == wire.OK:
-            value, error = outcome.value(item, data, self.environment)
-            del data
-            if error is None:
-                set_result(fut, value)
-            else:
-                set_exception(fut, error)
-        elif isinstance(data, BaseException):
-            set_exception(fut, data)
+        """Settle `item` with what its worker answered (`outcome.settle`)."""
+        if self._settle is not None:
+            self._settle(item, status, data)
         else:
-            set_exception(fut, failure)
+            outcome.settle(item, status, data, self.environment)
 
     # -- worker processes --------------------------------------------------------
 
@@ -993,7 +984,7 @@ MemoryLimitError = errors.MemoryLimitError
 
 
 def _cancel_by_ref(pool_ref, item_ref, grace: float = 5.0) -> bool:
-    """`future._bayou_cancel`: `Pool.cancel` through weak references."""
+    """A future's cancel hook (`BayouFuture.bind`): `Pool.cancel` through weak references."""
     pool, item = pool_ref(), item_ref()
     if pool is None or item is None:
         return False  # settled and dropped: too late to cancel
