@@ -19,6 +19,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,8 @@ from bayou.executor import EnvExecutor
 from bayou.pool import connection as pool_connection
 from bayou.worker import deploy, wire
 from tests.executor_tasks import basic
+
+REPO = Path(__file__).resolve().parent.parent
 
 T = 30
 SRC = Path(bayou.__file__).resolve().parent
@@ -354,3 +357,36 @@ def test_the_shell_scan_sees_each_forbidden_pattern():
 def test_run_refuses_a_command_string():
     with pytest.raises(TypeError, match="no shell is used"):
         bayou.run(bayou.Env.current(), "echo hello; rm -rf /")
+
+
+def test_a_killed_callers_socket_directory_is_swept_at_the_next_start(tmp_path):
+    """SIGKILL gives a caller no chance to remove its `bayou-sock-*` directory: the next
+    process that starts a pool removes it (once it is old enough not to be a caller
+    that is just starting, and nothing listens on its socket)."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    start = (
+        "import os, bayou\n"
+        "ex = bayou.EnvExecutor(1)\n"
+        "print(ex.submit(os.getpid).result(60), ex._pool._listener.directory, flush=True)\n"
+    )
+    caller = subprocess.Popen(
+        [sys.executable, "-c", start + "import time; time.sleep(600)\n"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+    try:
+        _, directory = caller.stdout.readline().split()
+    finally:
+        caller.kill()
+        caller.wait()
+    assert os.path.isdir(directory)  # left behind by the killed caller
+    old = time.time() - 3600
+    os.utime(directory, (old, old))
+    mine = subprocess.run(
+        [sys.executable, "-c", start], capture_output=True, text=True, env=env, cwd=REPO
+    )
+    assert mine.returncode == 0, mine.stderr
+    assert not os.path.exists(directory)
+    assert not os.path.exists(mine.stdout.split()[1])  # and its own went at exit

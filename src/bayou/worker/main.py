@@ -429,7 +429,7 @@ def main(argv=None) -> None:
             channel.send(wire.INIT_FAILED, _dump_record(codec.error_record(exc)))
             sys.stderr.flush()
             os._exit(1)
-    channel.send(wire.READY, pickle.dumps(info, 4))
+    channel.send(wire.READY)
 
     while True:
         try:
