@@ -9,7 +9,9 @@
     bayou logs [NAME] [-n N] [--worker PID] [-f] (docs/logs.md)
 
 REF is a hash (or a unique prefix of one), an env name, a spec file, or the
-prefix/python of an existing env. Exit codes: 0 success, 1 a build or command
+prefix/python of an existing env; envs are looked up in the store, then in the
+shared stores of $BAYOU_STORE_PATH (`list`, `show`, `export`, `run`; `remove`
+and `gc` only ever change the store itself). Exit codes: 0 success, 1 a build or command
 failed, 2 bad usage or a bad spec, 3 an env was not found; `run` exits with
 the command's own code.
 """
@@ -30,8 +32,9 @@ from . import interpreters
 from .env import Env
 from .errors import EnvInUseError, ProvisionError, SpecError
 from .provision import environment_from_record, provision
+from .provision.tools import offline_requested
 from .run import run as run_in_env
-from .store import Store, StoredEnv
+from .store import SharedStoreError, Store, StoredEnv, pick
 
 EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 1, 2, 3
 
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"bayou: invalid environment: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except ProvisionError as exc:
+    except (ProvisionError, SharedStoreError) as exc:
         print(f"bayou: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -77,7 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     env_cmd.set_defaults(func=lambda a: (env_cmd.print_help(), EXIT_USAGE)[1])
 
     create = env_sub.add_parser("create", help="build an environment (or find it built)")
-    create.add_argument("file", nargs="?", help="environment.yml, requirements.txt or pixi.toml")
+    create.add_argument(
+        "file",
+        nargs="?",
+        help="environment.yml, requirements.txt, pixi.toml, pyproject.toml, a script with "
+        "PEP 723 metadata, or a lock: pixi.lock, conda-lock.yml, pylock.toml",
+    )
+    create.add_argument("--environment", "-e", help="the environment of a pixi.lock to build")
     create.add_argument("--python", help="Python version, e.g. 3.12")
     create.add_argument("--conda", nargs="+", default=[], metavar="SPEC", help="conda specs")
     create.add_argument("--pip", nargs="+", default=[], metavar="REQ", help="pip requirements")
@@ -88,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
         "--backend",
         choices=["rattler", "micromamba", "pixi", "conda"],
         help="the tool that builds the conda part (default: $BAYOU_BACKEND or rattler)",
+    )
+    create.add_argument(
+        "--offline",
+        action="store_true",
+        default=None,
+        help="no network access: build from the package caches only (also $BAYOU_OFFLINE=1)",
     )
     create.add_argument(
         "--allow-download",
@@ -112,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
         "--format",
         choices=["environment.yml", "pixi.lock"],
         default="environment.yml",
-        help="environment.yml with exact pins (default), or the conda part as pixi.lock",
+        help="environment.yml with exact pins (default), or a pixi.lock that rebuilds the env",
     )
     export.set_defaults(func=cmd_export)
 
@@ -147,11 +162,42 @@ def _store(args: argparse.Namespace) -> Store:
     return Store(args.store) if args.store else Store()
 
 
+def _all_envs(store: Store) -> list[StoredEnv]:
+    """The store's envs, then each shared store's (an env the store has is not repeated)."""
+    envs = store.list()
+    seen = {e.hash for e in envs}
+    for shared in store.shared_stores():
+        more = [e for e in shared.list() if e.hash not in seen]
+        seen.update(e.hash for e in more)
+        envs += more
+    return envs
+
+
 def _find(store: Store, ref: str) -> StoredEnv:
+    """`ref` in the store or, after it, in a shared store."""
+    where = " or ".join(str(s.envs_dir) for s in [store, *store.shared_stores()])
     try:
-        return store.resolve(ref)
+        return pick(_all_envs(store), ref, where)
     except KeyError as exc:
         raise CliError(exc.args[0], EXIT_NOT_FOUND)
+
+
+def _find_removable(store: Store, ref: str) -> StoredEnv:
+    """`ref` in the store itself; one that only a shared store has is refused, named."""
+    try:
+        return store.resolve(ref)
+    except KeyError:
+        try:
+            found = _find(store, ref)
+        except CliError:
+            found = None
+        if found is None or not found.shared:
+            raise
+    raise SharedStoreError(
+        f"environment {found.hash} lives in the shared store {found.store_root} "
+        "($BAYOU_STORE_PATH), which bayou never modifies; its administrator can remove "
+        f"it there (BAYOU_HOME={found.store_root} bayou env remove {found.hash[:12]})"
+    )
 
 
 # -- env ------------------------------------------------------------------------
@@ -161,7 +207,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     if args.file and (args.conda or args.pip or args.python):
         raise CliError("give a FILE or --python/--conda/--pip, not both", EXIT_USAGE)
     if args.file:
-        env = Env.from_file(args.file)
+        env = Env.from_file(args.file, environment=args.environment)
     elif args.conda or args.pip or args.python:
         env = Env(
             python=args.python,
@@ -177,9 +223,17 @@ def cmd_create(args: argparse.Namespace) -> int:
     if args.backend:
         env = env.replace(backend=args.backend)
     store = _store(args)
+    try:
+        offline = offline_requested(args.offline)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE)
     started = time.monotonic()
     environment = provision(
-        env, timeout=args.timeout, store=store, allow_download=args.allow_download
+        env,
+        timeout=args.timeout,
+        store=store,
+        allow_download=args.allow_download,
+        offline=offline,
     )
     took = time.monotonic() - started
     print(
@@ -190,7 +244,8 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    envs = _store(args).list()
+    store = _store(args)
+    envs = _all_envs(store)
     if args.json:
         rows = [
             {
@@ -200,6 +255,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "size": e.size,
                 "last_used": e.last_used,
                 "prefix": str(e.prefix),
+                "store": str(e.store_root),
+                "shared": e.shared,
             }
             for e in envs
         ]
@@ -208,12 +265,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not envs:
         print("no environments (create one with `bayou env create`)")
         return 0
-    print(f"{'HASH':<12}  {'NAME':<20}  {'PYTHON':<8}  {'SIZE':>8}  LAST USED")
+    print(f"{'HASH':<12}  {'NAME':<20}  {'PYTHON':<8}  {'SIZE':>8}  {'LAST USED':<16}  STORE")
     for e in envs:
         name = e.record.get("name") or Env.from_dict(e.record["spec"]).describe()
+        where = f"shared: {e.store_root}" if e.shared else str(e.store_root)
         print(
             f"{e.hash[:12]:<12}  {name[:20]:<20}  {e.record.get('python_version', '?'):<8}  "
-            f"{_human_size(e.size):>8}  {datetime.fromtimestamp(e.last_used):%Y-%m-%d %H:%M}"
+            f"{_human_size(e.size):>8}  {datetime.fromtimestamp(e.last_used):%Y-%m-%d %H:%M}  "
+            f"{where}"
         )
     return 0
 
@@ -228,10 +287,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     found = _find(_store(args), args.ref)
     record = found.record
     if args.format == "pixi.lock":
-        lock = found.prefix / ".bayou" / "conda-lock.yml"
-        if not lock.is_file():
-            raise CliError("this env has no conda part to export as pixi.lock", EXIT_FAILED)
-        text = lock.read_text()
+        from .lockexport import pixi_lock_text  # the conda lock, plus the pip part
+
+        try:
+            text = pixi_lock_text(record, found.prefix, _store(args).uv_cache)
+        except ValueError as exc:
+            raise CliError(str(exc), EXIT_FAILED)
     else:
         text = exact_environment_yml(record)
     if args.output:
@@ -269,10 +330,14 @@ def cmd_remove(args: argparse.Namespace) -> int:
     code = 0
     for ref in args.refs:
         try:
-            found = store.resolve(ref)
+            found = _find_removable(store, ref)
         except KeyError as exc:
             print(f"bayou: {exc.args[0]}", file=sys.stderr)
             code = EXIT_NOT_FOUND
+            continue
+        except SharedStoreError as exc:
+            print(f"bayou: {exc}", file=sys.stderr)
+            code = EXIT_FAILED
             continue
         try:
             store.remove(found.hash, force=args.force)
@@ -317,7 +382,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_target(store: Store, ref: str):
     path = Path(ref).expanduser()
-    if path.is_file() and path.suffix in (".yml", ".yaml", ".txt", ".toml"):
+    if path.is_file() and path.suffix in (".yml", ".yaml", ".txt", ".toml", ".lock", ".py"):
         return Env.from_file(path)
     if path.exists() and (path.is_dir() or os.access(path, os.X_OK)):
         return Env.existing(path)
@@ -331,6 +396,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"store: {store.root}")
     envs = store.list()
     print(f"  {len(envs)} environment(s), {_human_size(sum(e.size for e in envs))}")
+    _doctor_shared_stores(store)
+    offline = os.environ.get("BAYOU_OFFLINE", "").strip()
+    print(f"offline: {'$BAYOU_OFFLINE=' + offline if offline else 'no'}")
     print("backends:")
     for dist in ("py-rattler", "uv"):
         try:
@@ -354,6 +422,33 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for interp in interpreters.discover():
         print(f"  {interp.version_text:<8} {interp.path}")
     return 0
+
+
+def _doctor_shared_stores(store: Store) -> None:
+    """Each shared store: its envs, whether it is read-only or missing, and the
+    envs it cannot serve because it is mounted elsewhere than where they were built."""
+    shared = store.shared_stores()
+    if not shared:
+        print("shared stores ($BAYOU_STORE_PATH): none")
+        return
+    print("shared stores ($BAYOU_STORE_PATH), searched in this order after the store:")
+    for other in shared:
+        if not other.envs_dir.is_dir():
+            print(f"  {other.root}: MISSING (no envs/ directory)")
+            continue
+        envs = other.list()
+        mode = "read-only" if not os.access(other.root, os.W_OK) else "writable, never written"
+        size = _human_size(sum(e.size for e in envs))
+        print(f"  {other.root} ({mode}): {len(envs)} environment(s), {size}")
+        for env in envs:
+            print(f"    {env.hash[:12]}  {env.record.get('name') or ''}")
+        records = [(c.name, other.lookup(c.name)) for c in other.envs_dir.iterdir()]
+        elsewhere = [r for h, r in records if r is not None and not other.in_place(h, r)]
+        if elsewhere:
+            print(
+                f"    {len(elsewhere)} env(s) not used: built at another path "
+                f"(e.g. {elsewhere[0].get('prefix')}); mount the store there"
+            )
 
 
 # -- helpers ------------------------------------------------------------------------

@@ -19,6 +19,11 @@ label), `env_vars` (they change no file on disk, they are applied when a
 process starts), `backend` (the tool that builds the conda part changes how
 the env is built, not what is in it; the record says which tool built it) and
 the source file's path.
+
+A locked env (`Env.from_file` of a pixi.lock, conda-lock.yml or pylock.toml,
+kind ``"lock"``) is different: its identity is the digest of what the lock
+installs on this platform (see `bayou.lockfiles`), with the Python version a
+pylock.toml is installed for.
 """
 
 from __future__ import annotations
@@ -140,8 +145,10 @@ class Env:
     """An environment description; equal descriptions have equal `hash`.
 
     Build one with the constructor (inline specs), `Env.from_file` (an
-    environment.yml, requirements.txt or pixi.toml), `Env.existing` (an env
-    made elsewhere) or `Env.current` (the caller's interpreter).
+    environment.yml, requirements.txt, pixi.toml, pyproject.toml or a lock:
+    pixi.lock, conda-lock.yml, pylock.toml), `Env.from_script` (PEP 723),
+    `Env.existing` (an env made elsewhere) or `Env.current` (the caller's
+    interpreter).
     """
 
     __slots__ = (
@@ -156,6 +163,7 @@ class Env:
         "_path",
         "_source",
         "_backend",
+        "_lock",
         "_hash",
     )
 
@@ -204,11 +212,7 @@ class Env:
         chans = [_normalize_channel(c, _source) for c in channels]
         if conda_specs and not chans:
             raise SpecError("a conda environment needs at least one channel", file=_source)
-        variables = {}
-        for key, value in (env_vars or {}).items():
-            if not _ENV_VAR_NAME.match(str(key)):
-                raise SpecError("not a valid environment variable name", file=_source, entry=key)
-            variables[str(key)] = str(value)
+        variables = _valid_env_vars(env_vars, _source)
         if backend is not None and backend not in BACKENDS:
             raise SpecError(
                 f"backend must be one of {', '.join(BACKENDS)} (or None: py-rattler, "
@@ -229,17 +233,63 @@ class Env:
             _path=None,
             _source=_source,
             _backend=backend,
+            _lock=None,
         )
         self._set(_hash=self._compute_hash())
 
     # -- other ways to make one ------------------------------------------------
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Env:
-        """Read an environment.yml, requirements.txt or pixi.toml."""
+    def from_file(
+        cls, path: str | Path, *, environment: str | None = None, python: str | None = None
+    ) -> Env:
+        """Read an environment file: environment.yml, requirements.txt, pixi.toml,
+        pyproject.toml, a script with PEP 723 metadata, or a lock (pixi.lock,
+        conda-lock.yml, pylock.toml; installed exactly as locked).
+
+        `environment` picks one of a pixi.lock's environments (default
+        ``"default"``); `python` is the X.Y a pylock.toml is installed for
+        (default: the caller's, when the lock allows it)."""
         from .specfiles import read_spec_file
 
-        return read_spec_file(Path(path))
+        return read_spec_file(Path(path), environment=environment, python=python)
+
+    @classmethod
+    def from_script(cls, path: str | Path) -> Env:
+        """The env a script's PEP 723 metadata asks for (``# /// script`` block:
+        ``requires-python``, ``dependencies``, and conda packages from a
+        ``[tool.bayou]`` or ``[tool.pixi]`` table)."""
+        from .pyproject import read_script
+
+        return read_script(Path(path))
+
+    @classmethod
+    def _from_lock(
+        cls,
+        lock: Any,
+        *,
+        name: str | None = None,
+        env_vars: Mapping[str, str] | None = None,
+        source: str | None = None,
+    ) -> Env:
+        """An env installed exactly as `lock` (a `lockfiles.LockedSpec`) pins it."""
+        env = cls.__new__(cls)
+        env._set(
+            _kind="lock",
+            _python=lock.python,
+            _conda=tuple(p.pin for p in lock.conda),
+            _pip=tuple(p.pin for p in lock.pypi),
+            _pip_options=(),
+            _channels=tuple(lock.channels),
+            _env_vars=MappingProxyType(_valid_env_vars(env_vars, source)),
+            _name=name,
+            _path=None,
+            _source=source,
+            _backend="rattler" if lock.conda else None,
+            _lock=lock,
+        )
+        env._set(_hash=env._compute_hash())
+        return env
 
     @classmethod
     def existing(cls, path: str | Path, env_vars: Mapping[str, str] | None = None) -> Env:
@@ -270,6 +320,7 @@ class Env:
             _name=given.name,
             _source=None,
             _backend=None,
+            _lock=None,
         )
         env._set(_hash=env._compute_hash())
         return env
@@ -284,7 +335,7 @@ class Env:
 
     # -- read-only view --------------------------------------------------------
 
-    kind = property(lambda self: self._kind, doc="'spec', 'existing' or 'current'.")
+    kind = property(lambda self: self._kind, doc="'spec', 'lock', 'existing' or 'current'.")
     python = property(lambda self: self._python, doc="Requested Python version, or None.")
     conda = property(lambda self: self._conda, doc="Canonical conda specs, sorted.")
     pip = property(lambda self: self._pip, doc="Canonical pip requirements, sorted.")
@@ -299,6 +350,10 @@ class Env:
         doc="Tool for the conda part ('micromamba', 'pixi', 'conda', 'rattler'), or None.",
     )
     hash = property(lambda self: self._hash, doc="Content identity (hex, 16 chars).")
+    lock = property(
+        lambda self: self._lock,
+        doc="What a lock file pins (`bayou.lockfiles.LockedSpec`), or None.",
+    )
 
     @property
     def is_conda(self) -> bool:
@@ -306,6 +361,15 @@ class Env:
 
     def canonical(self) -> dict[str, Any]:
         """The data the hash is computed from (see the module docstring)."""
+        if self._kind == "lock":
+            return {
+                "v": _HASH_VERSION,
+                "kind": "lock",
+                "format": self._lock.format,
+                "lock_digest": self._lock.digest,
+                "python": self._python,
+                "platform": self._lock.platform,
+            }
         if self._kind != "spec":
             return {"v": _HASH_VERSION, "kind": self._kind, "python": str(self._path)}
         return {
@@ -327,6 +391,15 @@ class Env:
         """Everything needed to recreate this Env (stored in the env's record)."""
         data = self.canonical()
         data.update(name=self._name, env_vars=dict(self._env_vars), source=self._source)
+        if self._kind == "lock":
+            # The pins are for people and `env export`; the lock is what rebuilds it.
+            data.update(
+                lock=self._lock.to_dict(),
+                conda=list(self._conda),
+                pip=list(self._pip),
+                channels=list(self._channels),
+            )
+            return data
         if self._backend is not None:
             data["backend"] = self._backend
         return data
@@ -337,6 +410,15 @@ class Env:
             return cls.current(env_vars=data.get("env_vars"))
         if data.get("kind") == "existing":
             return cls.existing(data["python"], env_vars=data.get("env_vars"))
+        if data.get("kind") == "lock":
+            from .lockfiles import LockedSpec
+
+            return cls._from_lock(
+                LockedSpec.from_dict(data["lock"]),
+                name=data.get("name"),
+                env_vars=data.get("env_vars"),
+                source=data.get("source"),
+            )
         return cls(
             python=data.get("python"),
             conda=data.get("conda", ()),
@@ -350,6 +432,10 @@ class Env:
 
     def replace(self, **changes: Any) -> Env:
         """A copy with some fields changed (an Env itself never changes)."""
+        if self._kind == "lock":
+            from .lockfiles import replace_locked
+
+            return replace_locked(self, changes)
         if self._kind != "spec":
             raise TypeError("replace() applies to spec environments only")
         fields = {
@@ -395,6 +481,10 @@ class Env:
             object.__setattr__(self, key, value)
 
     def __repr__(self) -> str:
+        if self._kind == "lock":
+            which = self._lock.environment
+            more = f", environment={which!r}" if which not in (None, "default") else ""
+            return f"Env.from_file({self._source or self._lock.format!r}{more}) #{self._hash[:8]}"
         if self._kind != "spec":
             return f"Env.{self._kind}({str(self._path)!r})"
         parts = []
@@ -414,11 +504,22 @@ class Env:
         """A short human label: name, or the first packages."""
         if self._name:
             return self._name
+        if self._kind == "lock":
+            return f"{self._lock.format} ({len(self._conda) + len(self._pip)} packages)"
         if self._kind != "spec":
             return str(self._path)
         pkgs = [s for s in self._conda if not s.startswith("python")] + list(self._pip)
         label = ", ".join(pkgs[:3]) + (", ..." if len(pkgs) > 3 else "")
         return label or f"python {self._python}"
+
+
+def _valid_env_vars(env_vars: Mapping[str, str] | None, source: str | None) -> dict[str, str]:
+    variables = {}
+    for key, value in (env_vars or {}).items():
+        if not _ENV_VAR_NAME.match(str(key)):
+            raise SpecError("not a valid environment variable name", file=source, entry=key)
+        variables[str(key)] = str(value)
+    return variables
 
 
 def _python_from_conda_spec(spec: str) -> str | None:

@@ -10,6 +10,10 @@ Three formats, dispatched on the file name:
   index options ``--index-url``, ``--extra-index-url``, ``--find-links``.
 * ``pixi.toml``: ``[dependencies]`` (conda), ``[pypi-dependencies]``,
   ``[workspace]``/``[project]`` channels and ``[activation.env]``.
+* ``pyproject.toml`` and ``*.py`` scripts with PEP 723 metadata: see
+  `bayou.pyproject`.
+* Locks, installed exactly as locked: ``pixi.lock``, ``conda-lock.yml``
+  (`bayou.lockfiles`) and PEP 751 ``pylock.toml`` (`bayou.pylock`).
 
 Every entry is validated where it is read, so a `SpecError` names the file,
 the line and the entry at fault.
@@ -30,10 +34,41 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 
-def read_spec_file(path: Path) -> Env:
+def read_spec_file(
+    path: Path, *, environment: str | None = None, python: str | None = None
+) -> Env:
     if not path.is_file():
         raise SpecError("no such file", file=str(path))
     name = path.name.lower()
+    kind = spec_file_kind(name)
+    if environment is not None and kind != "pixi.lock":
+        raise SpecError("environment= picks an environment of a pixi.lock", file=str(path))
+    if python is not None and kind != "pylock.toml":
+        raise SpecError(
+            "python= applies to a pylock.toml (use Env.replace(python=...) otherwise)",
+            file=str(path),
+        )
+    if kind in ("pixi.lock", "conda-lock.yml", "pylock.toml"):
+        from . import lockfiles, pixilock, pylock
+
+        if kind == "pixi.lock":
+            lock = pixilock.read_pixi_lock(path, environment)
+        elif kind == "conda-lock.yml":
+            lock = lockfiles.read_conda_lock(path)
+        else:
+            lock = pylock.read_pylock(path, python)
+        name = path.parent.name or None
+        if name and lock.environment not in (None, "default"):
+            name += f"-{lock.environment}"
+        return Env._from_lock(lock, name=name, source=str(path))
+    if kind == "pyproject.toml":
+        from .pyproject import read_pyproject
+
+        return read_pyproject(path)
+    if kind == "script":
+        from .pyproject import read_script
+
+        return read_script(path)
     if name.endswith((".yml", ".yaml")):
         return read_environment_yml(path)
     if name.endswith(".toml"):
@@ -47,9 +82,26 @@ def read_spec_file(path: Path) -> Env:
     if name.endswith((".txt", ".in")):
         return read_requirements_txt(path)
     raise SpecError(
-        "unknown file type (expected environment.yml, requirements.txt or pixi.toml)",
+        "unknown file type (expected environment.yml, requirements.txt, pixi.toml, "
+        "pyproject.toml, a .py script, pixi.lock, conda-lock.yml or pylock.toml)",
         file=str(path),
     )
+
+
+def spec_file_kind(name: str) -> str | None:
+    """Which reader a file name calls for, when it is not told by the suffix alone."""
+    name = name.lower()
+    if name.endswith(".lock"):  # pixi.lock, or an exported one named otherwise
+        return "pixi.lock"
+    if re.search(r"conda-lock\.ya?ml$", name):
+        return "conda-lock.yml"
+    if re.fullmatch(r"pylock(\.[^.]+)?\.toml", name):
+        return "pylock.toml"
+    if name == "pyproject.toml":
+        return "pyproject.toml"
+    if name.endswith(".py"):
+        return "script"
+    return None
 
 
 # -- requirements.txt ---------------------------------------------------------
@@ -239,19 +291,45 @@ def _sequence(node: Any, source: str, key: str) -> list[Any]:
 def read_pixi_toml(path: Path) -> Env:
     source = str(path)
     text = path.read_text()
+    data = load_toml(text, source)
+    meta = data.get("workspace") or data.get("project") or {}
+    channels = list(meta.get("channels", [])) or list(DEFAULT_CHANNELS)
+    conda, pip, lines = pixi_dependencies(data, text, source)
+    env_vars = data.get("activation", {}).get("env", {})
+    return Env(
+        conda=conda,
+        pip=pip,
+        channels=channels,
+        env_vars=env_vars,
+        name=meta.get("name"),
+        _source=source,
+        _lines=lines,
+    )
+
+
+def load_toml(text: str, source: str, offset: int = 0) -> dict[str, Any]:
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
         raise SpecError(
-            f"invalid TOML: {exc}", file=source, line=int(match.group(1)) if match else None
+            f"invalid TOML: {exc}",
+            file=source,
+            line=int(match.group(1)) + offset if match else None,
         )
-    meta = data.get("workspace") or data.get("project") or {}
-    channels = list(meta.get("channels", [])) or list(DEFAULT_CHANNELS)
+
+
+def pixi_dependencies(
+    data: dict[str, Any], text: str, source: str, offset: int = 0, *, skip_local: bool = False
+) -> tuple[list[str], list[str], dict[str, int]]:
+    """(conda specs, pip requirements, line of each) of pixi's dependency tables.
+
+    `offset` is added to line numbers (a TOML block inside a script);
+    `skip_local` leaves out path dependencies (a pyproject's own project)."""
     conda: list[str] = []
     lines: dict[str, int] = {}
     for name, spec in data.get("dependencies", {}).items():
-        line = _toml_line(text, name)
+        line = _toml_line(text, name, offset)
         if isinstance(spec, dict):
             version = spec.get("version", "*")
             if "channel" in spec:
@@ -265,9 +343,11 @@ def read_pixi_toml(path: Path) -> Env:
         lines[entry] = line
     pip: list[str] = []
     for name, spec in data.get("pypi-dependencies", {}).items():
-        line = _toml_line(text, name)
+        line = _toml_line(text, name, offset)
         extras = ""
         if isinstance(spec, dict):
+            if skip_local and "path" in spec:
+                continue
             if set(spec) - {"version", "extras"}:
                 raise SpecError(
                     "only 'version' and 'extras' are supported for pypi-dependencies",
@@ -284,19 +364,10 @@ def read_pixi_toml(path: Path) -> Env:
         normalize_pip_requirement(req, file=source, line=line)
         pip.append(req)
         lines[req] = line
-    env_vars = data.get("activation", {}).get("env", {})
-    return Env(
-        conda=conda,
-        pip=pip,
-        channels=channels,
-        env_vars=env_vars,
-        name=meta.get("name"),
-        _source=source,
-        _lines=lines,
-    )
+    return conda, pip, lines
 
 
-def _toml_line(text: str, key: str) -> int | None:
+def _toml_line(text: str, key: str, offset: int = 0) -> int | None:
     pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", re.MULTILINE)
     match = pattern.search(text)
-    return text.count("\n", 0, match.start()) + 1 if match else None
+    return text.count("\n", 0, match.start()) + 1 + offset if match else None

@@ -21,6 +21,9 @@ or does not exist. A build killed at any moment leaves only a directory under
 ``builds/``; the next holder of the lock deletes it before building again.
 Deletion mirrors publication: rename into ``trash/`` (atomic: readers see the
 whole env or none), then remove.
+
+Shared stores (``$BAYOU_STORE_PATH``) are further roots with this layout,
+searched by `find` after this one and never written: see `shared_store`.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EnvInUseError
+from .shared_store import STORE_PATH_VAR, SharedStoreError, hold_read_only, same_path, shared_roots
 
 RECORD_DIR = ".bayou"
 RECORD_FILE = "record.json"
@@ -56,9 +60,10 @@ def default_root() -> Path:
 
 
 class EnvHold:
-    """An executor's claim on an env (`Store.hold`); `release` ends it."""
+    """An executor's claim on an env (`Store.hold`); `release` ends it. `fd` is
+    None where no hold could be placed (see `shared_store.hold_read_only`)."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int | None) -> None:
         self._fd: int | None = fd
 
     def release(self) -> None:
@@ -77,21 +82,30 @@ class StoredEnv:
     prefix: Path
     record: dict[str, Any]
     last_used: float
+    shared: bool = False  # found in a shared store ($BAYOU_STORE_PATH), never modified
 
     @property
     def size(self) -> int:
         return int(self.record.get("size", 0))
 
+    @property
+    def store_root(self) -> Path:
+        return self.prefix.parent.parent
+
 
 class Store:
-    """A store root; cheap to create, all state is on disk."""
+    """A store root; cheap to create, all state is on disk. `shared=True` opens
+    it read-only, as a shared store (see `shared_store`)."""
 
     def __init__(
         self,
         root: str | os.PathLike[str] | None = None,
         pkgs_dir: str | os.PathLike[str] | None = None,
+        *,
+        shared: bool = False,
     ) -> None:
         self.root = Path(root).expanduser() if root is not None else default_root()
+        self.shared = shared
         # Package caches may be shared between stores ($BAYOU_PKGS_DIR); keep
         # them on the envs' file system so installs are hard links.
         pkgs = pkgs_dir or os.environ.get("BAYOU_PKGS_DIR")
@@ -134,6 +148,7 @@ class Store:
         return self.envs_dir / env_hash
 
     def ensure(self) -> None:
+        self._writable("create its directories")
         for path in (self.envs_dir, self.builds_dir, self.root / "locks", self.logs_dir):
             path.mkdir(parents=True, exist_ok=True)
 
@@ -150,6 +165,8 @@ class Store:
             return None  # unreadable record: treated as absent, rebuilt under the lock
 
     def touch(self, env_hash: str) -> None:
+        if self.shared:
+            return  # last-used stamps are the primary store's business only
         marker = self.env_dir(env_hash) / RECORD_DIR / "used"
         with contextlib.suppress(OSError):
             marker.touch()
@@ -168,7 +185,7 @@ class Store:
     def add_name(
         self, env_hash: str, name: str | None, record: dict[str, Any] | None = None
     ) -> None:
-        if not name or name in self.names(env_hash, record):
+        if self.shared or not name or name in self.names(env_hash, record):
             return
         names_file = self.env_dir(env_hash) / RECORD_DIR / "names"
         with contextlib.suppress(OSError), open(names_file, "a") as fh:
@@ -188,31 +205,54 @@ class Store:
             return found
         for child in self.envs_dir.iterdir():
             record = self.lookup(child.name)
-            if record is not None:
-                found.append(StoredEnv(child.name, child, record, self.last_used(child.name)))
+            if record is not None and (not self.shared or self.in_place(child.name, record)):
+                last_used = self.last_used(child.name)
+                found.append(StoredEnv(child.name, child, record, last_used, self.shared))
         return sorted(found, key=lambda e: e.last_used, reverse=True)
 
+    # -- shared stores ----------------------------------------------------------------
+
+    def shared_stores(self) -> list[Store]:
+        """The `$BAYOU_STORE_PATH` stores searched after this one (none after a shared one)."""
+        if self.shared:
+            return []
+        return [Store(r, shared=True) for r in shared_roots() if not same_path(r, self.root)]
+
+    def find(self, env_hash: str) -> tuple[Store, dict[str, Any]] | None:
+        """The store holding a published env, and its record: this store first,
+        then the shared stores in order; None when none has it."""
+        record = self.lookup(env_hash)
+        if record is not None:
+            return self, record
+        for other in self.shared_stores():
+            record = other.lookup(env_hash)
+            if record is not None and other.in_place(env_hash, record):
+                return other, record
+        return None
+
+    def in_place(self, env_hash: str, record: dict[str, Any]) -> bool:
+        """Whether the env is where it was built (its record's prefix): only then
+        can a shared store's env be used, its files name that prefix."""
+        prefix = record.get("prefix")
+        return prefix is None or same_path(prefix, self.env_dir(env_hash))
+
+    def _writable(self, what: str) -> None:
+        if self.shared:
+            raise SharedStoreError(
+                f"{self.root} is a shared store (${STORE_PATH_VAR}): bayou never writes there, "
+                f"so it cannot {what}; its administrator can, with BAYOU_HOME={self.root}"
+            )
+
     def resolve(self, ref: str) -> StoredEnv:
-        """Find an env by hash, unique hash prefix, or name."""
-        envs = self.list()
-        exact = [e for e in envs if e.hash == ref]
-        if exact:
-            return exact[0]
-        matches = [e for e in envs if e.hash.startswith(ref)] or [
-            e for e in envs if ref in self.names(e.hash, e.record)
-        ]
-        if len(matches) == 1:
-            return matches[0]
-        if not matches:
-            raise KeyError(f"no environment matches {ref!r} in {self.envs_dir}")
-        names = ", ".join(e.hash[:12] for e in matches)
-        raise KeyError(f"{ref!r} is ambiguous: it matches {names}")
+        """Find an env by hash, unique hash prefix, or name (see `pick`)."""
+        return pick(self.list(), ref, self.envs_dir)
 
     # -- building and publishing -----------------------------------------------
 
     @contextlib.contextmanager
     def lock(self, env_hash: str, timeout: float | None = None) -> Iterator[None]:
         """Hold the cross-process lock of one env (released even on SIGKILL)."""
+        self._writable(f"lock {env_hash}")
         self.ensure()
         path = self.root / "locks" / f"{env_hash}.lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -238,15 +278,28 @@ class Store:
         A shared ``flock``: any number of executors, in any processes, hold
         it at once; `remove` takes it exclusively, so it never deletes an env
         under a running executor. Call `lookup` after holding: a removal that
-        finished just before means the env must be provisioned again."""
-        self.ensure()
-        fd = self._open_use_lock(env_hash)
+        finished just before means the env must be provisioned again.
+
+        In a shared store, or one this process may not write, the hold is a
+        shared flock on the existing lock file opened read-only, or nothing."""
+        if self.shared:
+            return self._read_only_hold(env_hash)
+        try:
+            self.ensure()
+            fd = self._open_use_lock(env_hash)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            return self._read_only_hold(env_hash)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a removal is deciding
         except BaseException:
             os.close(fd)
             raise
         return EnvHold(fd)
+
+    def _read_only_hold(self, env_hash: str) -> EnvHold:
+        return EnvHold(hold_read_only(self.root / "locks" / f"{env_hash}.use"))
 
     def _open_use_lock(self, env_hash: str) -> int:
         path = self.root / "locks" / f"{env_hash}.use"
@@ -273,6 +326,7 @@ class Store:
 
     def new_build_dir(self, env_hash: str) -> Path:
         """A fresh directory to build into; call with the env's lock held."""
+        self._writable("build an environment")
         self.discard_stale_builds(env_hash)
         path = self.builds_dir / f"{env_hash}-{secrets.token_hex(4)}"
         path.mkdir(parents=True)
@@ -294,6 +348,8 @@ class Store:
 
         Nothing under ``trash/`` is ever used, so removing it is always safe,
         even while another process is removing the same tree."""
+        if self.shared:
+            return
         trash = self.root / "trash"
         if trash.is_dir():
             for leftover in trash.iterdir():
@@ -304,7 +360,10 @@ class Store:
                         leftover.unlink()
 
     def publish(self, build_dir: Path, env_hash: str, record: dict[str, Any]) -> None:
-        """Write the record, then make the env visible in one rename."""
+        """Write the record, then make the env visible in one rename. The env's
+        use-lock file is made too: shared read-only, it still takes holds."""
+        self._writable("publish an environment")
+        os.close(self._open_use_lock(env_hash))
         meta = build_dir / RECORD_DIR
         meta.mkdir(exist_ok=True)
         tmp = meta / (RECORD_FILE + ".tmp")
@@ -351,7 +410,9 @@ class Store:
         dry_run: bool = False,
     ) -> list[StoredEnv]:
         """Evict envs unused for `max_age` seconds, then the least recently
-        used until the envs fit in `max_size` bytes. Returns what was evicted."""
+        used until the envs fit in `max_size` bytes. Returns what was evicted.
+        Only this store's envs: the shared stores are never collected."""
+        self._writable("collect garbage")
         envs = self.list()  # most recently used first
         now = time.time()
         evict: list[StoredEnv] = []
@@ -381,11 +442,17 @@ class Store:
 
     @classmethod
     def containing(cls, prefix: str | os.PathLike) -> Store | None:
-        """The store a published env's prefix lives in, or None (not one of ours)."""
+        """The store a published env's prefix lives in, or None (not one of ours);
+        opened as shared when it is one of `$BAYOU_STORE_PATH`'s (and not the
+        primary store)."""
         prefix = Path(prefix)
         if prefix.parent.name != "envs" or not (prefix / RECORD_DIR / RECORD_FILE).is_file():
             return None
-        return cls(prefix.parent.parent)
+        root = prefix.parent.parent
+        shared = not same_path(root, default_root()) and any(
+            same_path(root, r) for r in shared_roots()
+        )
+        return cls(root, shared=shared)
 
     def _delete(self, path: Path) -> None:
         """Rename out of sight first, so nobody sees a half-deleted tree."""
@@ -397,6 +464,23 @@ class Store:
         except FileNotFoundError:
             return
         shutil.rmtree(moved, ignore_errors=True)
+
+
+def pick(envs: list[StoredEnv], ref: str, where: object) -> StoredEnv:
+    """The env `ref` names among `envs`: its hash, a unique hash prefix, or one
+    of its names; the first of equal hashes (stores are searched in order)."""
+    exact = [e for e in envs if e.hash == ref]
+    if exact:
+        return exact[0]
+    matches = [e for e in envs if e.hash.startswith(ref)] or [
+        e for e in envs if ref in Store(e.store_root, shared=e.shared).names(e.hash, e.record)
+    ]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise KeyError(f"no environment matches {ref!r} in {where}")
+    names = ", ".join(e.hash[:12] for e in matches)
+    raise KeyError(f"{ref!r} is ambiguous: it matches {names}")
 
 
 def tree_size(path: Path) -> int:

@@ -36,6 +36,9 @@ environments (with py-rattler) from a channel made here out of what the machine 
    * ``noarch/bayou-demo-tool`` 0.1 (generic): ``bin/bayou-demo-tool`` (a POSIX sh
      script), ``etc/conda/env_vars.d/bayou-demo-tool.json`` and
      ``etc/conda/activate.d/bayou-demo-tool.sh``, to test activation.
+   * ``noarch/bayou-demo-gpu`` 1.0 (generic): ``share/bayou-demo-gpu/README``, depending on
+     the virtual package ``__cuda >=12``: it solves only where a CUDA driver is detected or
+     ``CONDA_OVERRIDE_CUDA`` says there is one (GPU-ready envs built on CPU machines).
 
 4. The channel is indexed with ``rattler.index.index_fs`` (``repodata.json`` only).
 
@@ -80,7 +83,7 @@ __all__ = [
 ]
 
 #: Bump whenever what this module puts into a channel changes: it is part of the cache key.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 
 #: zstd level for the ``.conda`` payloads.  For python 3.11 (26 MB staged): level 3 -> 7.1 MB in
 #: 1.1 s (whole channel build), 9 -> 6.4 MB in 1.6 s, 19 (conda's default) -> 5.6 MB in 9 s.
@@ -88,6 +91,7 @@ _ZSTD_LEVEL = 9
 
 DEMO_LIB_VERSIONS = ("1.0", "2.0")
 DEMO_TOOL_VERSION = "0.1"
+DEMO_GPU_VERSION = "1.0"
 
 _SUBDIRS = {"x86_64": "linux-64", "aarch64": "linux-aarch64"}
 
@@ -309,6 +313,7 @@ def _build_into(channel: Path, interpreters: Sequence[Interpreter]) -> None:
         for version in DEMO_LIB_VERSIONS:
             _build_demo_lib(version, scratch_dir / f"demo-lib-{version}", channel / "noarch")
         _build_demo_tool(scratch_dir / "demo-tool", channel / "noarch")
+        _build_demo_gpu(scratch_dir / "demo-gpu", channel / "noarch")
     _index(channel)
 
 
@@ -689,6 +694,23 @@ def _build_demo_tool(stage: Path, out_dir: Path) -> Path:
         "version": DEMO_TOOL_VERSION,
         "build": f"h{_digest(RECIPE_VERSION, DEMO_TOOL_VERSION)[:8]}_0",
         "depends": [],
+        "license": "MIT",
+        "noarch": "generic",
+        "subdir": "noarch",
+    }
+    return _write_package(stage, out_dir, index)
+
+
+def _build_demo_gpu(stage: Path, out_dir: Path) -> Path:
+    _write_file(
+        stage / "share" / "bayou-demo-gpu" / "README",
+        "A package that needs a CUDA driver (the virtual package __cuda >=12).\n",
+    )
+    index = {
+        "name": "bayou-demo-gpu",
+        "version": DEMO_GPU_VERSION,
+        "build": f"cuda12_h{_digest(RECIPE_VERSION, DEMO_GPU_VERSION)[:8]}_0",
+        "depends": ["__cuda >=12"],
         "license": "MIT",
         "noarch": "generic",
         "subdir": "noarch",

@@ -97,10 +97,13 @@ def test_channel_layout(channel: Path) -> None:
     noarch = json.loads((channel / "noarch" / "repodata.json").read_text())
     names = sorted((r["name"], r["version"]) for r in noarch["packages.conda"].values())
     assert names == [
+        ("bayou-demo-gpu", "1.0"),
         ("bayou-demo-lib", "1.0"),
         ("bayou-demo-lib", "2.0"),
         ("bayou-demo-tool", "0.1"),
     ]
+    gpu = next(r for r in noarch["packages.conda"].values() if r["name"] == "bayou-demo-gpu")
+    assert gpu["depends"] == ["__cuda >=12"]
 
 
 def test_second_call_is_a_cache_hit(channel: Path) -> None:

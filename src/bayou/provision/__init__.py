@@ -3,7 +3,8 @@
     provision(env)
       │ existing/current env ─────────────────────────────▶ Environment (no build)
       │ allow_current and the caller satisfies it (reuse) ─▶ the caller's (no build)
-      │ store.lookup(hash) hit ──────────────── touch ────▶ Environment (fast path)
+      │ store.find(hash) hit: $BAYOU_HOME, then $BAYOU_STORE_PATH's shared
+      │ stores (read only: no touch there) ───────────────▶ Environment (fast path)
       ▼ miss
     store.lock(hash)  (cross-process; a second caller waits here, then hits)
       │ discard what killed builds left
@@ -20,6 +21,8 @@
 Any failure or interruption (exception, timeout, Ctrl-C) discards the build
 directory and leaves the store exactly as it was. The full tool output of a
 failed build is written to ``logs/build-<hash>.log`` and kept on the error.
+Offline (``offline=True`` or ``$BAYOU_OFFLINE``), every step uses caches only
+(docs/offline-and-shared.md).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from ..store import Store, tree_size
 from . import activation, conda_step, external, reuse, uv_step
 from .diskfull import no_space_error
 from .progress import ProgressCallback, ProgressEvent, default_progress
-from .tools import Deadline
+from .tools import Deadline, offline_requested
 
 __all__ = ["provision", "ProgressEvent", "environment_from_record"]
 
@@ -52,6 +55,7 @@ def provision(
     store: Store | str | os.PathLike[str] | None = None,
     allow_current: bool = False,
     allow_download: bool | None = None,
+    offline: bool | None = None,
 ) -> Environment:
     """Build `env` (or find it already built) and return where it lives.
 
@@ -62,6 +66,9 @@ def provision(
     it already satisfies a pip-only spec (see `reuse`). `allow_download`
     lets an external backend fetch micromamba/pixi into the store when it is
     missing (default: ``$BAYOU_ALLOW_DOWNLOAD``; see docs/backends.md).
+    `offline=True` (default: ``$BAYOU_OFFLINE``) builds from the package
+    caches only, without any network access, and names at once what is
+    missing there.
     """
     if not isinstance(env, Env):
         raise TypeError(f"provision() takes a bayou.Env, not {type(env).__name__}")
@@ -75,10 +82,12 @@ def provision(
             return reuse.caller_environment(env)
         reuse.log.debug("not reusing the caller's interpreter for %s: %s", env.describe(), reason)
     store = store if isinstance(store, Store) else Store(store)
-    record = store.lookup(env.hash)
-    if record is not None:
-        store.touch(env.hash)
-        store.add_name(env.hash, env.name, record)
+    offline = offline_requested(offline)
+    found = store.find(env.hash)  # this store, then the shared ones ($BAYOU_STORE_PATH)
+    if found is not None:
+        home, record = found
+        home.touch(env.hash)  # a shared store is never written: no-ops there
+        home.add_name(env.hash, env.name, record)
         return environment_from_record(record, env)
 
     report = progress or default_progress()
@@ -87,7 +96,7 @@ def provision(
         with store.lock(env.hash, timeout=deadline.remaining()):
             record = store.lookup(env.hash)  # built while we waited
             if record is None:
-                record = _build(env, store, report, deadline, allow_download)
+                record = _build(env, store, report, deadline, allow_download, offline)
     except TimeoutError as exc:
         if isinstance(exc, ProvisionError):
             raise
@@ -109,6 +118,7 @@ def _build(
     report: ProgressCallback,
     deadline: Deadline,
     allow_download: bool | None = None,
+    offline: bool = False,
 ) -> dict:
     started = time.monotonic()
     final = store.env_dir(env.hash)
@@ -129,7 +139,7 @@ def _build(
             backend = external.selected_backend(env)
             if backend == "rattler":
                 conda_records = conda_step.solve_and_install(
-                    env, store, build_dir, final, deadline, on_conda_event
+                    env, store, build_dir, final, deadline, on_conda_event, offline=offline
                 )
             else:
                 conda_records, tool_info = external.solve_and_install(
@@ -141,6 +151,7 @@ def _build(
                     deadline,
                     on_conda_event,
                     allow_download=allow_download,
+                    offline=offline,
                 )
             python = python_in_prefix(build_dir)
             if python is None:
@@ -149,11 +160,13 @@ def _build(
             version = next(r["version"] for r in conda_records if r["name"] == "python")
         else:
             emit("venv", msg=f"python {env.python}")
-            python, version = uv_step.create_venv(env, build_dir, store.uv_cache, deadline)
+            python, version = uv_step.create_venv(
+                env, build_dir, store.uv_cache, deadline, offline=offline
+            )
         pip_packages: list[dict[str, str]] = []
         if env.pip:
             emit("pip", 0, len(env.pip), "installing with uv")
-            result = uv_step.install(env, python, store.uv_cache, deadline)
+            result = uv_step.install(env, python, store.uv_cache, deadline, offline=offline)
             output.append(result.output)
             emit("pip", len(env.pip), len(env.pip), "done")
             pip_packages = uv_step.installed_by(result)
@@ -176,6 +189,7 @@ def _build(
             "python_version": version,
             "platform": conda_platform(),
             "conda_packages": conda_records,
+            "virtual_packages": conda_step.virtual_packages(build_dir),
             "pip_packages": pip_packages,
             "activation": act,
             "size": tree_size(build_dir),

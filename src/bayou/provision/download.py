@@ -22,7 +22,9 @@ downloads and a mirror serving something else than the release; it cannot
 guard against a compromised release itself: pin ``$BAYOU_<TOOL>_SHA256`` for
 that. Settings: ``$BAYOU_TOOLS_MIRROR`` replaces ``https://github.com`` (a
 mirror with the same path layout), ``$BAYOU_MICROMAMBA_VERSION`` and
-``$BAYOU_PIXI_VERSION`` choose other releases than the pinned ones.
+``$BAYOU_PIXI_VERSION`` choose other releases than the pinned ones. Offline
+(``$BAYOU_OFFLINE``) nothing is fetched: `fetch_tool` refuses before any
+connection (`external.find_tool` already refuses for ``offline=True``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from pathlib import Path
 
 from ..errors import ProvisionError, ProvisionTimeout
 from ..store import Store
-from .tools import Deadline
+from .tools import Deadline, offline_requested
 
 DEFAULT_MIRROR = "https://github.com"
 DEFAULT_VERSIONS = {"micromamba": "2.3.0-1", "pixi": "v0.66.0"}
@@ -109,6 +111,11 @@ def fetch_tool(
 ) -> Path:
     """Download, verify and install `tool` into the store; return the executable."""
     release = release or release_for(tool)
+    if offline_requested():
+        raise ToolDownloadError(
+            f"offline ($BAYOU_OFFLINE): not downloading {tool} from {release.url}",
+            package=tool,
+        )
     deadline = deadline or Deadline(None)
     target = release.executable(store)
     try:

@@ -7,7 +7,8 @@ record says which tool built the env (``backend``, ``backend_tool``).
 
     find_tool(name)   $BAYOU_<TOOL> ─▶ PATH ─▶ <store>/tools/ ─▶ download
                       (micromamba, pixi; only with allow_download=True or
-                      $BAYOU_ALLOW_DOWNLOAD=1, see `download`)
+                      $BAYOU_ALLOW_DOWNLOAD=1, see `download`; never
+                      offline: the error then says what was looked at)
     <tool> --version                  (also proves the executable runs)
     the tool builds the env at builds/<hash>-x/.bayou/<tool>-prefix
         micromamba create --yes --prefix P --relocate-prefix FINAL ...
@@ -25,7 +26,9 @@ activation computed from the files, record, atomic publish. Every command is
 run directly by `run_tool` (no shell, no activation hooks, no temporary
 scripts), killable, under the provision deadline. Package caches are per tool
 (``<pkgs>/micromamba``, ``<pkgs>/conda-tool``, ``<pkgs>/pixi``): their formats
-and locking are the tools' own business.
+and locking are the tools' own business. Offline, micromamba and conda run
+with ``--offline`` (their cached repodata and packages only); pixi is refused,
+as bayou cannot make it promise to stay off the network.
 """
 
 from __future__ import annotations
@@ -86,8 +89,10 @@ def find_tool(
     *,
     allow_download: bool | None = None,
     deadline: Deadline | None = None,
+    offline: bool = False,
 ) -> Tool:
-    """Locate `name`: configured path, PATH, the store's copy, else download if allowed."""
+    """Locate `name`: configured path, PATH, the store's copy, else download if allowed
+    (never `offline`)."""
     variable = f"BAYOU_{name.upper()}"
     configured = os.environ.get(variable)
     if configured:
@@ -108,6 +113,13 @@ def find_tool(
         raise ProvisionError(
             f"backend {name!r} needs a {name} executable and none was found ({looked}); "
             f"install conda (e.g. Miniforge) or set ${variable}",
+            package=name,
+        )
+    if offline:
+        raise ProvisionError(
+            f"backend {name!r} needs a {name} executable and none was found ({looked}); "
+            f"offline ($BAYOU_OFFLINE), bayou does not download it: install it or set "
+            f"${variable}",
             package=name,
         )
     if not download_allowed(allow_download):
@@ -132,6 +144,7 @@ def solve_and_install(
     on_event: Callable[[dict[str, Any]], None],
     *,
     allow_download: bool | None = None,
+    offline: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Build the conda part of `env` into `build_dir` with `backend`.
 
@@ -145,8 +158,17 @@ def solve_and_install(
             {"event": "progress", "stage": stage, "done": done, "total": total, "message": msg}
         )
 
+    if offline and backend == "pixi":
+        raise ProvisionError(
+            "offline ($BAYOU_OFFLINE): the pixi backend cannot be told to stay off the "
+            "network when it solves; use the default rattler backend (or micromamba), "
+            "which build from the package cache offline",
+            package="pixi",
+        )
     emit("solve", msg=f"finding {backend}")
-    tool = find_tool(backend, store, allow_download=allow_download, deadline=deadline)
+    tool = find_tool(
+        backend, store, allow_download=allow_download, deadline=deadline, offline=offline
+    )
     version = _tool_version(tool, deadline)
     meta = build_dir / ".bayou"
     meta.mkdir(parents=True, exist_ok=True)
@@ -164,6 +186,8 @@ def solve_and_install(
     else:
         tool_prefix = meta / f"{backend}-prefix"
         argv = create_argv(backend, tool.path, env, tool_prefix, final_prefix, store)
+        if offline:
+            argv.insert(2, "--offline")  # `<tool> create --offline ...`
         tool_env["CONDA_PKGS_DIRS"] = str(cache)
     emit("solve", 0, None, f"{backend} {version}: solving and installing")
     result = run_tool(
@@ -174,7 +198,10 @@ def solve_and_install(
         cwd=str(meta),
     )
     if result.returncode != 0:
-        raise _failure(env, backend, result)
+        error = _failure(env, backend, result)
+        if offline:
+            error.args = (f"offline ($BAYOU_OFFLINE; {backend} used only {cache}): {error}",)
+        raise error
     if not (tool_prefix / "conda-meta").is_dir():
         raise ProvisionError(
             f"{backend} exited successfully but left no conda environment at {tool_prefix}",

@@ -12,6 +12,13 @@ through files and lines:
     ◀─ stdout: {"event": ...} per line     download / link into the build dir
     ◀─ RESULT.json (records or error)      write the lock file, exit
 
+Offline (``"offline": true`` in the request) no channel is asked for
+repodata: the solve sees only packages already in the package cache (whose
+origin every online install notes in ``<cache>-origins/``, since the cache
+itself does not keep where a package came from) and local ``file://``
+channels that exist, which are disks, not network (conda's offline mode reads
+them too). So a package that is not cached is reported missing at once.
+
 Killing the child (timeout, Ctrl-C) leaves only the build directory, which the
 parent discards. The child prints nothing else on stdout; rattler's own
 messages go to stderr, which the parent keeps for error reports.
@@ -20,6 +27,7 @@ messages go to stderr, which the parent keeps for error reports.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -27,6 +35,7 @@ import sys
 import traceback
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 
 def _emit(event: str, **data: Any) -> None:
@@ -111,6 +120,108 @@ def _package_cache(path: str):
     return PackageCache.new_layered([path], validation_mode=getattr(ValidationMode, mode)())
 
 
+def _origins_dir(package_cache: str) -> Path:
+    """Where the origins of the packages in `package_cache` are noted (beside it)."""
+    cache = Path(package_cache)
+    return cache.with_name(cache.name + "-origins")
+
+
+def _remember_origins(records: list[Any], package_cache: str) -> None:
+    """Note each installed package's repodata record (url, channel, hashes,
+    dependencies) next to the package cache, one file per URL, so an offline
+    solve can offer exactly the cached packages as their channels served them."""
+    origins = _origins_dir(package_cache)
+    try:
+        origins.mkdir(parents=True, exist_ok=True)
+        for record in records:
+            path = origins / (hashlib.sha256(str(record.url).encode()).hexdigest()[:32] + ".json")
+            if not path.exists():
+                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+                tmp.write_text(record.to_json())
+                os.replace(tmp, path)
+    except OSError:
+        pass  # only offline builds need them; they then report the package missing
+
+
+def _local_channel_dir(channel: Any) -> Path | None:
+    """The directory of a ``file://`` channel that exists here, else None."""
+    url = urlparse(str(channel.base_url))
+    if url.scheme != "file":
+        return None
+    path = Path(unquote(url.path))
+    return path if path.is_dir() else None
+
+
+def _offline_sources(request: dict[str, Any], channels: list[Any], scratch: Path):
+    """The solver's sources offline: each channel that is an existing local
+    directory as itself, every other channel as the cached packages it served
+    (written as a small repodata.json per subdir and read as SparseRepoData).
+    Returns (sources, the local channels read)."""
+    import rattler
+
+    cache = Path(request["package_cache"])
+    served: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    origins = _origins_dir(request["package_cache"])
+    for path in sorted(origins.glob("*.json")) if origins.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+            cached = cache / f"{data['name']}-{data['version']}-{data['build']}"
+            key = (str(data.pop("channel")), str(data["subdir"]))
+            file_name = str(data.pop("fn"))
+            data.pop("url", None)
+        except (OSError, ValueError, KeyError):
+            continue
+        if (cached / "info" / "index.json").is_file():
+            served.setdefault(key, {})[file_name] = data
+    sources: list[Any] = []
+    local: list[str] = []
+    for number, channel in enumerate(channels):
+        if _local_channel_dir(channel) is not None:
+            sources.append(channel)
+            local.append(str(channel.base_url))
+            continue
+        for subdir in (request["platform"], "noarch"):
+            entries = served.get((str(channel.base_url), subdir))
+            if not entries:
+                continue
+            repodata = {
+                "info": {"subdir": subdir},
+                "packages": {f: e for f, e in entries.items() if not f.endswith(".conda")},
+                "packages.conda": {f: e for f, e in entries.items() if f.endswith(".conda")},
+            }
+            path = scratch / str(number) / subdir / "repodata.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(repodata))
+            sources.append(rattler.SparseRepoData(channel, subdir, path))
+    return sources, local
+
+
+def _uncached(records: list[Any], package_cache: str) -> dict[str, Any] | None:
+    """Offline: the first record that neither the package cache nor a local
+    channel has, as a failure naming it; the installer would download it (and,
+    with no network, retry for seconds before failing)."""
+    cache = Path(package_cache)
+    for record in records:
+        if urlparse(str(record.url)).scheme == "file":
+            continue
+        name = f"{record.name.normalized}-{record.version}-{record.build}"
+        if not (cache / name / "info" / "index.json").is_file():
+            return {
+                "ok": False,
+                "stage": "install",
+                "message": f"{record.file_name} is not in the package cache {cache}; "
+                f"offline it is not downloaded from {record.url}",
+                "package": f"{record.name.normalized}=={record.version}={record.build}",
+            }
+    return None
+
+
+def _missing_name(message: str) -> str | None:
+    """The package a solver message says it found no candidates for."""
+    match = re.search(r"No candidates were found for ([A-Za-z0-9_.\-]+)", message)
+    return match.group(1) if match else None
+
+
 async def _solve_and_install(request: dict[str, Any]) -> dict[str, Any]:
     import rattler
 
@@ -118,12 +229,18 @@ async def _solve_and_install(request: dict[str, Any]) -> dict[str, Any]:
     config = rattler.ChannelConfig(channel_alias=alias) if alias else None
     channels = [rattler.Channel(c, config) for c in request["channels"]]
     platform = rattler.Platform(request["platform"])
-    _emit("progress", stage="solve", done=0, total=None, message="fetching repodata")
+    offline = bool(request.get("offline"))
+    sources, local = channels, []
+    if offline:
+        scratch = Path(request["build_prefix"]) / ".bayou" / "offline-repodata"
+        sources, local = _offline_sources(request, channels, scratch)
+    reading = "reading the package cache (offline)" if offline else "fetching repodata"
+    _emit("progress", stage="solve", done=0, total=None, message=reading)
     gateway = rattler.Gateway(cache_dir=request["repodata_cache"])
     virtual = rattler.VirtualPackage.detect(rattler.VirtualPackageOverrides.from_env())
     try:
         records = await rattler.solve(
-            sources=channels,
+            sources=sources,
             specs=request["specs"],
             gateway=gateway,
             platforms=[platform, rattler.Platform("noarch")],
@@ -131,13 +248,18 @@ async def _solve_and_install(request: dict[str, Any]) -> dict[str, Any]:
         )
     except Exception as exc:  # rattler's errors are plain exceptions with text
         message = str(exc)
+        package = _culprit(message, request["specs"])
         return {
             "ok": False,
             "stage": "solve",
             "message": message,
-            "package": _culprit(message, request["specs"]),
+            "package": package or (_missing_name(message) if offline else None),
+            "local_channels": local,
         }
     _emit("progress", stage="solve", done=1, total=1, message=f"{len(records)} packages")
+    missing = _uncached(records, request["package_cache"]) if offline else None
+    if missing is not None:
+        return {**missing, "local_channels": local}
     holder: dict[str, int] = {}
     try:
         await rattler.install(
@@ -151,22 +273,163 @@ async def _solve_and_install(request: dict[str, Any]) -> dict[str, Any]:
             execute_link_scripts=False,
         )
     except Exception as exc:
-        return {"ok": False, "stage": "install", "message": str(exc), "package": None}
+        return {
+            "ok": False,
+            "stage": "install",
+            "message": str(exc),
+            "package": None,
+            "local_channels": local,
+        }
+    if not offline:
+        _remember_origins(records, request["package_cache"])
     lock_path = Path(request["build_prefix"]) / ".bayou" / "conda-lock.yml"
     lock_path.parent.mkdir(exist_ok=True)
-    lock_platform = rattler.LockPlatform(request["platform"])
+    lock_platform = rattler.LockPlatform(
+        request["platform"], virtual_packages=_virtual_strings(virtual)
+    )
     lock = rattler.LockFile([lock_platform])
     lock.set_channels("default", [rattler.LockChannel(c) for c in request["channels"]])
     for record in records:
         lock.add_conda_package("default", lock_platform, record)
     lock.to_path(lock_path)
-    return {"ok": True, "records": [_record_dict(r) for r in records], "lock": str(lock_path)}
+    return {
+        "ok": True,
+        "records": [_record_dict(r) for r in records],
+        "lock": str(lock_path),
+        "virtual_packages": _virtual_summary(virtual, records),
+    }
+
+
+# -- a locked env: install the lock's records, no solve ----------------------------
+
+
+def _virtual_strings(virtual: list[Any]) -> list[str]:
+    """``__cuda=12.4=0``: the machine (or CONDA_OVERRIDE_*) a solve saw."""
+    found = (v.into_generic() for v in virtual)
+    return [f"{g.name.normalized}={g.version}={g.build_string}" for g in found]
+
+
+def _virtual_summary(virtual: list[Any], records: list[Any]) -> dict[str, Any]:
+    """What the env record keeps: the virtual packages detected (with the
+    overrides that set them) and those the installed packages depend on, which
+    is what makes an env need a GPU or a newer glibc."""
+    return {
+        "detected": _virtual_strings(virtual),
+        "required": sorted({d for r in records for d in r.depends if d.startswith("__")}),
+        "overrides": {
+            k: v for k, v in sorted(os.environ.items()) if k.startswith("CONDA_OVERRIDE_")
+        },
+    }
+
+
+def _pin(record: Any) -> str:
+    return f"{record.name.normalized}=={record.version}={record.build}"
+
+
+def _check_archives(records: list[Any]) -> dict[str, Any] | None:
+    """Local archives against the lock's hashes (rattler checks only downloads)."""
+    for record in records:
+        url = urlparse(str(record.url))
+        if url.scheme != "file":
+            continue
+        path = Path(unquote(url.path))
+        kind, expected = ("sha256", record.sha256) if record.sha256 else ("md5", record.md5)
+        if expected is None or not path.is_file():
+            continue  # no hash: refused when read; no file: the installer says so
+        digest = hashlib.new(kind)
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != expected.hex():
+            return {
+                "ok": False,
+                "stage": "verify",
+                "message": f"hash mismatch for {record.file_name}: the {kind} of {path} is "
+                f"{digest.hexdigest()}, the lock says {expected.hex()}",
+                "package": _pin(record),
+            }
+    return None
+
+
+def _check_virtual(records: list[Any], virtual: list[Any]) -> dict[str, Any] | None:
+    """Each ``__name`` dependency against the machine's virtual packages: what a
+    solve would have checked, and a lock made on a GPU machine needs here."""
+    import rattler
+
+    have = {g.name.normalized: g for g in (v.into_generic() for v in virtual)}
+    for record in records:
+        for dep in record.depends:
+            if not dep.startswith("__"):
+                continue
+            spec = rattler.MatchSpec(dep)
+            name = spec.name.normalized
+            found = have.get(name)
+            if found is not None and (
+                not spec.version
+                or rattler.VersionSpec(spec.version).matches(rattler.Version(str(found.version)))
+            ):
+                continue
+            here = f"this machine has {name}={found.version}" if found else f"no {name} here"
+            return {
+                "ok": False,
+                "stage": "virtual",
+                "message": f"{_pin(record)} needs the virtual package {dep} ({here})",
+                "package": _pin(record),
+                "virtual": name,
+            }
+    return None
+
+
+async def _install_locked(request: dict[str, Any]) -> dict[str, Any]:
+    import rattler
+
+    spec = request["lock"]
+    lock = rattler.LockFile.from_path(spec["path"])
+    os.unlink(spec["path"])  # the env keeps the lock as rattler writes it, below
+    environment = lock.environment(spec["environment"])
+    platforms = environment.platforms() if environment is not None else []
+    lock_platform = next((p for p in platforms if p.name == spec["platform"]), None)
+    if lock_platform is None:
+        message = f"the lock has no packages for {spec['platform']}"
+        return {"ok": False, "stage": "lock", "message": message, "package": None}
+    records = environment.conda_repodata_records_for_platform(lock_platform) or []
+    _emit("progress", stage="solve", done=1, total=1, message=f"{len(records)} locked packages")
+    virtual = rattler.VirtualPackage.detect(rattler.VirtualPackageOverrides.from_env())
+    problem = _check_archives(records) or _check_virtual(records, virtual)
+    if problem is not None:
+        return problem
+    try:
+        await rattler.install(
+            records,
+            target_prefix=request["build_prefix"],
+            package_cache=_package_cache(request["package_cache"]),
+            alternative_target_prefix=request["final_prefix"],
+            platform=rattler.Platform(request["platform"]),
+            show_progress=False,
+            reporter=_make_reporter({}),
+            execute_link_scripts=False,
+        )
+    except Exception as exc:
+        message = str(exc)
+        package = next((_pin(r) for r in records if str(r.file_name) in message), None)
+        return {"ok": False, "stage": "install", "message": message, "package": package}
+    if not request.get("offline"):
+        _remember_origins(records, request["package_cache"])
+    lock_path = Path(request["build_prefix"]) / ".bayou" / "conda-lock.yml"
+    lock.to_path(lock_path)
+    return {
+        "ok": True,
+        "records": [_record_dict(r) for r in records],
+        "lock": str(lock_path),
+        "virtual_packages": _virtual_summary(virtual, records),
+    }
 
 
 def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[0]).read_text())
+    locked = bool(request.get("lock"))
     try:
-        result = asyncio.run(_solve_and_install(request))
+        result = asyncio.run(_install_locked(request) if locked else _solve_and_install(request))
     except BaseException as exc:  # report, never hang the parent
         result = {
             "ok": False,

@@ -5,7 +5,8 @@ are handed to a callback as they arrive (progress), stdout and stderr are
 kept whole for error reports and the build log. When the deadline passes or
 the caller is interrupted (Ctrl-C), the whole group is killed before the
 exception propagates, so no tool keeps writing into a build directory that is
-about to be discarded.
+about to be discarded. `offline_requested` reads the offline switch every
+step honours (no network: see docs/offline-and-shared.md).
 """
 
 from __future__ import annotations
@@ -20,6 +21,24 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import ProvisionTimeout
+
+OFFLINE_VAR = "BAYOU_OFFLINE"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def offline_requested(offline: bool | None = None) -> bool:
+    """Whether a build may use the network: `offline` when given, else ``$BAYOU_OFFLINE``.
+
+    A value that is neither true nor false raises rather than guessing: a
+    misspelt ``BAYOU_OFFLINE=ture`` must not quietly go online."""
+    if offline is not None:
+        return bool(offline)
+    value = os.environ.get(OFFLINE_VAR, "").strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise ValueError(
+        f"${OFFLINE_VAR}={os.environ[OFFLINE_VAR]!r}: expected 1/true/yes/on or 0/false/no/off"
+    )
 
 
 class Deadline:

@@ -10,7 +10,9 @@ Two entry points, both run against a build directory:
   links when the cache and the env share a file system).
 
 Failures raise `ProvisionError` carrying uv's own message, the requirement it
-is about when uv names one, and the full output.
+is about when uv names one, and the full output. Offline, both run uv with
+``--offline``: only the uv cache is read, and a requirement missing there
+fails at once, named, with the cache that was searched.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def uv_environ(cache_dir: Path) -> dict[str, str]:
 
 
 def create_venv(
-    env: Env, build_dir: Path, cache_dir: Path, deadline: Deadline
+    env: Env, build_dir: Path, cache_dir: Path, deadline: Deadline, *, offline: bool = False
 ) -> tuple[Path, str]:
     """(the venv's python, its full version) - the version is known from discovery."""
     wanted = env.python or ""
@@ -70,6 +72,7 @@ def create_venv(
         "--relocatable",
         "--no-config",
         "--quiet",
+        *(["--offline"] if offline else []),
         str(build_dir),
     ]
     result = run_tool(argv, deadline=deadline, what="creating the venv", env=uv_environ(cache_dir))
@@ -87,8 +90,16 @@ def install(
     cache_dir: Path,
     deadline: Deadline,
     on_line: Callable[[str], None] | None = None,
+    *,
+    offline: bool = False,
 ) -> ToolResult:
+    if env.lock is not None:  # exactly as locked, every hash checked
+        from .locked import install_pip
+
+        return install_pip(env, python, cache_dir, deadline, on_line, offline=offline)
     argv = [uv_binary(), "pip", "install", "--python", str(python), "--no-config"]
+    if offline:
+        argv += ["--offline"]
     if not (python.parent.parent / "pyvenv.cfg").exists():
         # A conda env's python is not a venv: tell uv the target is ours.
         argv += ["--break-system-packages"]
@@ -108,12 +119,17 @@ def install(
     )
     if result.returncode != 0:
         message = _uv_message(result)
+        package = _culprit(message, env.pip)
+        if offline:
+            about = f"{package} is" if package else "some requirements are"
+            message = (
+                f"offline ($BAYOU_OFFLINE): {about} not in the uv cache {cache_dir} "
+                f"and the package index was not contacted: {message}"
+            )
         raise ProvisionError(
-            f"pip install failed: {message}",
-            package=_culprit(message, env.pip),
-            output=result.output,
+            f"pip install failed: {message}", package=package, output=result.output
         )
-    return _repair_damaged(env, python, cache_dir, deadline, argv, result)
+    return _repair_damaged(env, python, cache_dir, deadline, argv, result, offline)
 
 
 def _repair_damaged(
@@ -123,9 +139,11 @@ def _repair_damaged(
     deadline: Deadline,
     argv: list[str],
     result: ToolResult,
+    offline: bool = False,
 ) -> ToolResult:
     """Files linked from a damaged uv cache entry: drop the entry, reinstall
-    those packages once from a fresh download (see `wheel_check`)."""
+    those packages once from a fresh download (see `wheel_check`); offline,
+    where nothing can be downloaded, the entry is kept and named instead."""
     try:
         mode = wheel_check.validation_mode()
     except ValueError as exc:
@@ -135,6 +153,14 @@ def _repair_damaged(
     if not bad:
         return result
     names = sorted({name for name, _path, _problem in bad})
+    if offline:
+        details = "; ".join(f"{n}: {path} ({problem})" for n, path, problem in bad[:5])
+        raise ProvisionError(
+            f"offline ($BAYOU_OFFLINE): the uv cache {cache_dir} holds damaged files "
+            f"({details}) and a fresh copy cannot be downloaded offline",
+            package=next((r for r in env.pip if pip_requirement_name(r) == names[0]), None),
+            output=result.output,
+        )
     uv_env = uv_environ(cache_dir)
     run_tool(
         [uv_binary(), "cache", "clean", *names], deadline=deadline, what="cleaning", env=uv_env

@@ -40,12 +40,12 @@ CREATE_FLAGS = {
     "micromamba": {
         "-y": False, "--yes": False, "-p": True, "--prefix": True, "--relocate-prefix": True,
         "-r": True, "--root-prefix": True, "--no-rc": False, "--override-channels": False,
-        "-c": True, "--channel": True,
+        "-c": True, "--channel": True, "--offline": False,
     },
     "conda": {
         "-y": False, "--yes": False, "-p": True, "--prefix": True, "-q": False,
         "--quiet": False, "--no-default-packages": False, "--override-channels": False,
-        "-c": True, "--channel": True,
+        "-c": True, "--channel": True, "--offline": False,
     },
 }  # fmt: skip
 CANONICAL = {"-y": "--yes", "-p": "--prefix", "-r": "--root-prefix", "-c": "--channel"}
@@ -123,7 +123,8 @@ def _create(tool: str, argv: list[str]) -> int:
         return 1
     target = options.get("--relocate-prefix", [str(prefix)])[-1]
     cache = (os.environ.get("CONDA_PKGS_DIRS") or "").split(",")[0]
-    ok, message = _install(specs, options.get("--channel", []), prefix, target, cache)
+    channels = options.get("--channel", [])
+    ok, message = _install(specs, channels, prefix, target, cache, "--offline" in options)
     shutil.rmtree(prefix / ".bayou", ignore_errors=True)  # the real tools write no such thing
     if ok:
         print("\nTransaction finished\n")
@@ -199,9 +200,15 @@ def _pixi(argv: list[str]) -> int:
 
 
 def _install(
-    specs: list[str], channels: list[str], prefix: Path, target: str, cache: str
+    specs: list[str],
+    channels: list[str],
+    prefix: Path,
+    target: str,
+    cache: str,
+    offline: bool = False,
 ) -> tuple[bool, str]:
-    """Build the env with bayou's rattler child; (ok, error message)."""
+    """Build the env with bayou's rattler child; (ok, error message). `--offline`
+    makes it solve from the package cache only, as the real tools do."""
     spec = importlib.util.find_spec("bayou")
     assert spec is not None and spec.origin is not None, "bayou must be importable"
     child = Path(spec.origin).parent / "provision" / "rattler_child.py"
@@ -217,6 +224,7 @@ def _install(
             "package_cache": str(cache_dir),
             "repodata_cache": str(cache_dir / "repodata-fake"),
             "result_path": str(scratch / "result.json"),
+            "offline": offline,
         }
         (scratch / "request.json").write_text(json.dumps(request))
         proc = subprocess.run(
