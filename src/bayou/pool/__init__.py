@@ -11,16 +11,10 @@ duties: the exit hook, forks).
 
 from . import lifetime, outcome
 from .dispatch import PREFETCH, SHUTDOWN_GRACE
+from .output import MODES as OUTPUT_MODES
 from .process import BOOTSTRAP, WorkerProcess
-from .supervisor import (
-    OUTPUT_MODES,
-    SPIN_SECONDS,
-    Pool,
-    WorkerHandle,
-    WorkItem,
-    heartbeat_interval,
-    spin_seconds,
-)
+from .records import SPIN_SECONDS, WorkerHandle, WorkItem, heartbeat_interval, spin_seconds
+from .supervisor import Pool
 
 __all__ = [
     "BOOTSTRAP",

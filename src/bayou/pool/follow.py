@@ -33,7 +33,8 @@ from .. import interrupts
 from ..worker import wire
 
 if TYPE_CHECKING:
-    from .supervisor import Pool, WorkerHandle, WorkItem
+    from .records import WorkerHandle, WorkItem
+    from .supervisor import Pool
 
 FOLLOW_SLICE = 0.25  # s a follower polls before it looks again (pidfd-less platforms)
 

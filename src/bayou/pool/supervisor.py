@@ -72,7 +72,6 @@ import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,123 +81,13 @@ from ..futures import set_exception
 from ..worker import deploy, wire
 from . import follow, lifetime, outcome, process
 from .connection import Handshakes
-from .dispatch import QUIET, Dispatch, Limits, Phase, Worker
+from .dispatch import QUIET, Dispatch, Limits, Phase
 from .output import MODES as OUTPUT_MODES
 from .output import LogDir, WorkerOutput
 from .process import WorkerProcess
+from .records import WorkerHandle, WorkItem, heartbeat_interval, spin_seconds
 
 logger = logging.getLogger("bayou.executor")
-
-SPIN_SECONDS = 100e-6  # how long a waiting caller or an idle worker polls before sleeping
-
-
-def spin_seconds() -> float:
-    """`SPIN_SECONDS`, or `$BAYOU_SPIN_US` microseconds (0 turns spinning off)."""
-    value = os.environ.get("BAYOU_SPIN_US", "").strip()
-    if not value:
-        return SPIN_SECONDS
-    try:
-        return max(0.0, float(value)) / 1e6
-    except ValueError:
-        raise ValueError(
-            f"BAYOU_SPIN_US must be a number of microseconds, not {value!r}"
-        ) from None
-
-
-def heartbeat_interval(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    return min(1.0, max(0.05, timeout / 5))
-
-
-@dataclass(eq=False)
-class WorkItem:
-    """One submitted call (or map chunk) and its future."""
-
-    future: Any
-    call_kind: int
-    fn_record: tuple
-    args_blob: bytes
-    roots: frozenset
-    label: str
-    task_id: int = 0
-    attempts: int = 0
-    started: bool = False
-    cancel_requested: bool = False  # bayou.cancel: the future ends cancelled either way
-    stop_requested: bool = False  # shutdown(cancel_futures=True): ends cancelled only if killed
-    undelivered: bool = False  # its TASK frame could not be sent: the worker was already dead
-    spin_after: bool = False  # its worker should poll for the next task (see `dispatch`)
-    worker: WorkerHandle | None = None
-    oob: protocol.OutOfBand | None = None  # big argument buffers (shared memory or inline)
-    # (call kind, (args, kwargs) or a map chunk's argument tuples), kept as
-    # ProcessPoolExecutor keeps them until the task is settled, to name the argument
-    # a worker could not load
-    call: tuple | None = field(default=None, repr=False)
-    _payload: tuple[list, list[int]] | None = field(default=None, repr=False)
-
-    def release(self) -> None:
-        """Drop the pickled call once the item is settled (its future may live long)."""
-        self.args_blob = b""
-        self.fn_record = ()
-        self.call = None
-        self._payload = None
-        if self.oob is not None:
-            oob, self.oob = self.oob, None
-            oob.release()
-
-    def requeued(self) -> None:
-        """Back in the queue (retried, or never delivered): encode the TASK again."""
-        self._payload = None
-
-    def payload(self) -> tuple[list, list[int]]:
-        """(TASK payload parts, descriptors to attach)."""
-        if self._payload is None:
-            self._payload = protocol.encode_task(
-                self.task_id,
-                self.call_kind,
-                self.fn_record,
-                self.args_blob,
-                self.roots,
-                self.oob,
-                self.spin_after,
-            )
-        return self._payload
-
-
-class WorkerHandle(Worker):
-    """The supervisor's record of one worker process: the dispatcher's `Worker` and
-    the process, socket, pipes and output that go with it."""
-
-    def __init__(self, pool: Pool, slot: int, worker_id: int, popen: subprocess.Popen) -> None:
-        super().__init__(slot=slot, worker_id=worker_id, started_at=time.monotonic())
-        self.popen = popen
-        self.pid = popen.pid
-        self.process = WorkerProcess(popen)
-        self.sock = None
-        self.reader: wire.FrameReader | None = None
-        self.send_lock = threading.Lock()
-        # Whoever reads `sock` holds this: the supervisor (briefly, per event) or a
-        # caller thread waiting for this worker's result (`Pool.follow`).
-        self.read_lock = threading.Lock()
-        self.sock_data = ("sock", self)  # its selector key's data, the same across re-registers
-        self.psutil_process = None
-        self.pidfd: int | None = None
-        self.output = WorkerOutput(pool.output, pool._logs, pool.environment.hash, slot, popen.pid)
-        self.version = pool.environment.python_version
-        self.env_hash = pool.environment.hash
-
-    def describe(self) -> str:
-        return f"worker {self.slot} (pid {self.pid}, env {self.env_hash}, Python {self.version})"
-
-    def send(self, kind: int, payload: bytes | list = b"", fds: list[int] = ()) -> bool:
-        with self.send_lock:
-            if self.sock is None:
-                return False
-            try:
-                wire.send_frame(self.sock, kind, payload, fds)
-                return True
-            except OSError:
-                return False
 
 
 class Pool:
@@ -758,7 +647,8 @@ class Pool:
         except OSError as exc:
             self._break(f"cannot start a worker with {self.environment.python}: {exc}", exc)
             return False
-        w = WorkerHandle(self, slot, worker_id, popen)
+        output = WorkerOutput(self.output, self._logs, self.environment.hash, slot, popen.pid)
+        w = WorkerHandle(slot, worker_id, popen, output, self.environment)
         for tag, stream in (("out", popen.stdout), ("err", popen.stderr)):
             os.set_blocking(stream.fileno(), False)
             self._selector.register(stream, selectors.EVENT_READ, (tag, w))
