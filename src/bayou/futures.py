@@ -10,9 +10,9 @@ progress on top. The pool that runs the task gives it, through `bind` and
     cancel     `bayou.cancel(future, grace=)` (`cancel_hard`)
     seconds    how long the call ran in the worker (map's batching)
 
-Every outcome goes through `set_result` / `set_exception` / `force_cancel`
-here, which never raise: a future the user cancelled meanwhile keeps its
-state, and a settling thread never dies of it.
+Every outcome goes through `set_result`, `set_exception`, `fail` and
+`end_cancelled` here, which never raise: a future the user cancelled
+meanwhile keeps its state, and a settling thread never dies of it.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import _base as futures_base
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 logger = logging.getLogger("bayou.executor")
 
-__all__ = ["BayouFuture", "Progress", "set_exception", "set_result"]
+__all__ = ["BayouFuture", "Progress", "end_cancelled", "fail", "set_exception", "set_result"]
+
+_T = TypeVar("_T")
 
 
 class Progress(NamedTuple):
@@ -36,13 +38,13 @@ class Progress(NamedTuple):
     message: str | None
 
 
-class BayouFuture(Future):
+class BayouFuture(Future[_T]):
     """A `concurrent.futures.Future` that also carries the task's progress."""
 
     def __init__(self) -> None:
         super().__init__()
         self._progress: Progress | None = None
-        self._progress_callbacks: list[Callable[[BayouFuture, Progress], object]] = []
+        self._progress_callbacks: list[Callable[[BayouFuture[_T], Progress], object]] = []
         self._follow: Callable[[float | None], float | None] | None = None
         self._cancel: Callable[[float], bool] | None = None
         self.seconds: float | None = None  # how long the call ran in the worker
@@ -71,7 +73,7 @@ class BayouFuture(Future):
     def progress(self) -> Progress | None:
         return self._progress
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None) -> _T:
         if self._state == futures_base.RUNNING and self._follow is not None:
             timeout = self._follow(timeout)
         return super().result(timeout)
@@ -81,7 +83,7 @@ class BayouFuture(Future):
             timeout = self._follow(timeout)
         return super().exception(timeout)
 
-    def add_progress_callback(self, fn: Callable[[BayouFuture, Progress], object]) -> None:
+    def add_progress_callback(self, fn: Callable[[BayouFuture[_T], Progress], object]) -> None:
         """Call `fn(future, progress)` on each update: from bayou's supervisor thread,
         or from the thread waiting in `result()`, which reads its worker itself."""
         with self._condition:
@@ -108,11 +110,11 @@ class BayouFuture(Future):
                 for waiter in self._waiters:
                     waiter.add_cancelled(self)
             self._condition.notify_all()
-        self._invoke_callbacks()
+        self._invoke_callbacks()  # type: ignore[attr-defined]  # CPython's, not in typeshed
         return True
 
 
-def set_result(fut: Future, value: Any) -> None:
+def set_result(fut: Future[Any], value: Any) -> None:
     """Settle `fut` with `value`, unless it is already done (cancelled meanwhile)."""
     if not fut.done():
         try:
@@ -121,10 +123,34 @@ def set_result(fut: Future, value: Any) -> None:
             pass
 
 
-def set_exception(fut: Future, exc: BaseException) -> None:
+def set_exception(fut: Future[Any], exc: BaseException) -> None:
     """Settle `fut` with `exc`, unless it is already done."""
     if not fut.done():
         try:
             fut.set_exception(exc)
         except Exception:
             pass
+
+
+def fail(fut: Future[Any], exc: BaseException) -> None:
+    """Settle `fut` with `exc` whatever its state: one still pending is started first (a
+    future takes an outcome once RUNNING); one the user cancelled stays cancelled."""
+    if fut.done() and not fut.cancelled():
+        return
+    if not fut.running():
+        try:
+            if not fut.set_running_or_notify_cancel():
+                return  # cancelled before it started: its waiters are told now
+        except RuntimeError:
+            return  # cancelled, and its waiters were told already
+    set_exception(fut, exc)
+
+
+def end_cancelled(fut: Future[Any]) -> None:
+    """End `fut` cancelled: a pending one as `Future.cancel()` does, a RUNNING one (its
+    task was handed to a worker, which bayou stopped) by force."""
+    if fut.running():
+        if isinstance(fut, BayouFuture):
+            fut._force_cancel()
+    elif fut.cancel():
+        fut.set_running_or_notify_cancel()

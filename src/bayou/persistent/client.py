@@ -43,6 +43,7 @@ from typing import Any
 
 from .. import logs
 from ..environment import Environment
+from ..futures import end_cancelled, fail
 from ..pool import SHUTDOWN_GRACE, WorkItem, lifetime, outcome
 from ..store import Store
 from ..worker import wire
@@ -390,11 +391,11 @@ class RemotePool:
                 elif kind == "exception":
                     item = self._pop(task_id)
                     if item is not None:
-                        _fail(item.future, pickle.loads(message[2]))
+                        fail(item.future, pickle.loads(message[2]))
                 elif kind == "cancelled":
                     item = self._pop(task_id)
                     if item is not None:
-                        _cancelled(item.future)
+                        end_cancelled(item.future)
         except (EOFError, OSError, pickle.UnpicklingError):
             pass
         if not self._detached:
@@ -407,7 +408,7 @@ class RemotePool:
             items = list(self._items.values())
             self._items.clear()
         for item in items:
-            _fail(item.future, BrokenProcessPool(message))
+            fail(item.future, BrokenProcessPool(message))
         lifetime.unregister(self)
 
 
@@ -423,22 +424,6 @@ def _local_done(pool_ref, task_id: int, fut) -> None:
         return
     if pool._pop(task_id) is not None:
         pool._send(("cancel", task_id, 0.0))
-
-
-def _fail(fut, exc: BaseException) -> None:
-    if fut.done():
-        return
-    if not fut.running() and not fut.set_running_or_notify_cancel():
-        return
-    with contextlib.suppress(Exception):
-        fut.set_exception(exc)
-
-
-def _cancelled(fut) -> None:
-    if fut.running():
-        fut._force_cancel()
-    elif fut.cancel():
-        fut.set_running_or_notify_cancel()
 
 
 def _started(fut) -> bool:

@@ -77,7 +77,7 @@ from typing import Any
 
 from .. import errors, protocol, shm
 from ..environment import Environment
-from ..futures import set_exception
+from ..futures import end_cancelled, fail, set_exception
 from ..worker import deploy, wire
 from . import follow, lifetime, outcome, process
 from .connection import Handshakes
@@ -225,11 +225,7 @@ class Pool:
             return False
         if decision == "dropped":
             item.release()
-            if not item.started:
-                fut.cancel()
-                fut.set_running_or_notify_cancel()
-            else:
-                fut._force_cancel()
+            end_cancelled(fut)
             return True
         decision.send(wire.CANCEL, pickle.dumps(item.task_id, 4))
         self._wake()
@@ -257,11 +253,7 @@ class Pool:
             thread = self.thread
         for item in cancelled:
             item.release()
-            if item.started:
-                item.future._force_cancel()
-            else:
-                item.future.cancel()
-                item.future.set_running_or_notify_cancel()
+            end_cancelled(item.future)
         for w, task_id in notify:
             w.send(wire.CANCEL, pickle.dumps(task_id, 4))
         if thread is None:
@@ -417,13 +409,9 @@ class Pool:
         # its item (the supervisor's records may be inconsistent by now).
         for fut in futures:
             try:
-                if fut.done() and not fut.cancelled():
-                    continue
-                if not fut.running() and not fut.set_running_or_notify_cancel():
-                    continue  # cancelled before it started
                 err = BrokenProcessPool(message)
                 err.__cause__ = exc
-                set_exception(fut, err)
+                fail(fut, err)
             except BaseException:
                 pass
 
@@ -770,7 +758,7 @@ class Pool:
             self._spawn_as_needed()
         if end.fate == "cancelled":
             end.item.release()
-            end.item.future._force_cancel()
+            end_cancelled(end.item.future)
         elif end.fate == "failed":
             end.item.release()
             set_exception(end.item.future, end.error)
@@ -825,11 +813,9 @@ class Pool:
         self._logs.keep = True
         for item in pending:
             item.release()
-            if not item.started and not item.future.set_running_or_notify_cancel():
-                continue
             exc = BrokenProcessPool(message)
             exc.__cause__ = cause
-            set_exception(item.future, exc)
+            fail(item.future, exc)
         for w in workers:
             self._kill(w, (BrokenProcessPool, message))
 
