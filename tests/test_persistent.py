@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 import bayou
+import bayou._version
 from bayou.persistent import PoolNotFoundError, PoolVersionError, registry
 from bayou.store import Store
 
@@ -254,14 +255,14 @@ def test_version_mismatch_is_refused_with_the_fix(pools, monkeypatch):
     ex = bayou.EnvExecutor(1, persistent=True, name="old")
     ex.shutdown()
     host_version = registry.versions()["bayou"]
-    monkeypatch.setattr(bayou, "__version__", "0.0.1-other")
+    monkeypatch.setattr(bayou._version, "__version__", "0.0.1-other")
     with pytest.raises(PoolVersionError) as info:
         bayou.attach("old")
     message = str(info.value)
     assert f"runs bayou {host_version}" in message and "has bayou 0.0.1-other" in message
     assert "`bayou workers stop old`" in message
     # the host checks too (a client that skipped the entry's versions)
-    monkeypatch.setattr(bayou, "__version__", host_version)
+    monkeypatch.setattr(bayou._version, "__version__", host_version)
     entry = registry.find(pools, "old")
     conn = connection.Client(
         entry.socket, family="AF_UNIX", authkey=registry.read_key(entry.directory)

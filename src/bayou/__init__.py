@@ -5,6 +5,7 @@ environment = bayou.provision(env)              # built once (provision/, store.
 bayou.run(env, ["python", "-c", "..."])         # a command inside it (run.py)
 """
 
+from ._version import __version__ as __version__
 from .env import Env
 from .environment import Environment
 from .errors import (
@@ -22,16 +23,13 @@ from .errors import (
     WorkerCrashedError,
     WorkerHungError,
 )
+from .executor import EnvExecutor
+from .futures import BayouFuture, Progress
+from .persistent import attach  # persistent pools: docs/persistent.md
+from .provision import ProgressEvent, provision
+from .run import run
 from .store import Store
-
-__version__ = "0.1.0"
-
-from .executor import EnvExecutor  # noqa: E402
-from .futures import BayouFuture, Progress  # noqa: E402
-from .persistent import attach  # noqa: E402  (persistent pools: docs/persistent.md)
-from .provision import ProgressEvent, provision  # noqa: E402  (needs __version__)
-from .run import run  # noqa: E402
-from .task_api import cancel, cancel_requested, report_progress  # noqa: E402
+from .task_api import cancel, cancel_requested, report_progress
 
 __all__ = [
     "attach",

@@ -103,3 +103,6 @@ __all__ = [
     "start",
     "stop",
 ]
+
+
+EnvExecutor._persistent_class = PersistentExecutor  # `EnvExecutor(persistent=True)` makes one

@@ -58,7 +58,7 @@ def versions() -> dict[str, str]:
     """What must match between a pool host and a client: bayou's and cloudpickle's versions."""
     import cloudpickle
 
-    from .. import __version__
+    from .._version import __version__
 
     return {"bayou": __version__, "cloudpickle": cloudpickle.__version__}
 
