@@ -18,6 +18,9 @@ in this run, so the ratios compare like with like. The contenders:
                  versions costs. For the 100 MB round trip the goal is at most 1.2x
                  bayou-env's and at most 0.1x PPE's; the line under the table says
                  whether this run meets it
+* ``bayou-persistent``  ``bayou.EnvExecutor(2, persistent=True, name=...)``: each call
+                 goes client -> pool host -> worker and back; cold start, memory and the
+                 100 MB row do not apply (the host's workers; no shared memory to the host)
 * ``loky``       ``loky.ProcessPoolExecutor(2)``, when loky is importable (else skipped)
 * ``Wetlands``   a Wetlands worker pool of 2 (``environment.start(workers=2)``) over a
                  local venv (numpy) provisioned by bayou, through a pixi stand-in
@@ -359,6 +362,7 @@ def contenders(run_notes: list[str]) -> tuple[list[Contender], dict[str, Any]]:
         contender = env_contender(name, spec, run_notes, info)
         if contender is not None:
             out.append(contender)
+    out.append(persistent_contender())
     try:
         import loky
     except ImportError:
@@ -370,6 +374,23 @@ def contenders(run_notes: list[str]) -> tuple[list[Contender], dict[str, Any]]:
     if wetlands is not None:
         out.append(wetlands)
     return out, info
+
+
+def persistent_contender() -> Contender:
+    """bayou with ``persistent=True``: client -> pool host -> workers, on the caller's
+    interpreter. Its workers are the host's children, not this process's, so the
+    cold-start and memory rows do not apply; big arrays travel inline through the
+    host (no shared memory between client and host), so the 100 MB row is left out."""
+    import bayou
+    import bayou.persistent
+
+    name = f"compare-{os.getpid()}"
+    return Contender(
+        "bayou-persistent",
+        lambda: bayou.EnvExecutor(WORKERS, persistent=True, name=name),
+        skip=frozenset({"cold_start", "uss_idle", "uss_after_big", "array_100mb"}),
+        close=lambda: bayou.persistent.stop(name),
+    )
 
 
 def env_contender(

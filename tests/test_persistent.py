@@ -304,3 +304,18 @@ def test_a_pool_that_cannot_start_says_why_and_leaves_nothing(pools):
     assert "bayou logs broken" in str(info.value)
     assert not (pools.root / "state" / "pools" / "broken").exists()
     assert registry.entries(pools) == []
+
+
+def test_numpy_arrays_big_enough_for_out_of_band_buffers_cross_a_persistent_pool(pools):
+    """The client's big buffers reach the host as bytes, which it puts in shared memory
+    for its workers; an array of 1 MB failed there with "'bytes' object has no attribute
+    'nbytes'"."""
+    import numpy as np
+
+    with bayou.EnvExecutor(1, persistent=True, name="arrays") as ex:
+        for size in (1 << 10, 1 << 17, 3 << 20):  # inline, over the threshold, big
+            array = np.arange(size, dtype=np.float64)
+            back = ex.submit(np.negative, array).result(T)
+            np.testing.assert_array_equal(back, -array)
+        matrix = np.asfortranarray(np.ones((600, 700), dtype=np.int32))
+        assert ex.submit(np.sum, matrix).result(T) == 600 * 700

@@ -220,8 +220,9 @@ class Session:
         )
         fut.add_done_callback(self._done)
         try:
-            if buffers:  # the client's big argument buffers: into our shared memory
-                item.oob = protocol.stage_buffers(buffers, pool.segments, private=pool.retries > 0)
+            if buffers:  # the client's big argument buffers (bytes): into our shared memory
+                views = [memoryview(b) for b in buffers]
+                item.oob = protocol.stage_buffers(views, pool.segments, private=pool.retries > 0)
             pool.submit(item)
         except BaseException as exc:
             item.release()
