@@ -41,13 +41,15 @@ class CliCluster:
 
     # -- processes -------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _spawn(
+        self, name: str, args: list[str], environ: dict[str, str] | None = None
+    ) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 (kept for the process)
         try:
             proc = subprocess.Popen(
                 [str(DASK), *args],
                 cwd=self.workdir,
-                env=self.environ,
+                env={**self.environ, **(environ or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -84,7 +86,11 @@ class CliCluster:
             time.sleep(0.1)
         raise ClusterError(f"dask scheduler did not start within {timeout} s:\n{self.logs()}")
 
-    def start_worker(self, name: str, nthreads: int = 2) -> subprocess.Popen:
+    def start_worker(
+        self, name: str, nthreads: int = 2, environ: dict[str, str] | None = None
+    ) -> subprocess.Popen:
+        """One ``dask worker``; `environ` adds to (or overrides) the cluster's
+        variables for it alone: another machine's store, no network."""
         return self._spawn(
             name,
             [
@@ -105,6 +111,7 @@ class CliCluster:
                 "--death-timeout",
                 "60",
             ],
+            environ,
         )
 
     def stop(self, name: str, grace: float = 20) -> None:

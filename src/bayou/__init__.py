@@ -6,10 +6,12 @@ bayou.run(env, ["python", "-c", "..."])         # a command inside it (run.py)
 """
 
 from ._version import __version__ as __version__
+from .bundle import pack  # bundles: docs/bundles.md
 from .env import Env
 from .environment import Environment
 from .errors import (
     BayouError,
+    BundleError,
     CrossVersionError,
     EnvInUseError,
     MemoryLimitError,
@@ -27,6 +29,7 @@ from .executor import EnvExecutor
 from .futures import BayouFuture, Progress
 from .persistent import attach  # persistent pools: docs/persistent.md
 from .provision import ProgressEvent, provision
+from .provision.unpack import unpack
 from .run import run
 from .store import Store
 from .task_api import cancel, cancel_requested, report_progress
@@ -35,6 +38,7 @@ __all__ = [
     "attach",
     "BayouError",
     "BayouFuture",
+    "BundleError",
     "CrossVersionError",
     "EnvExecutor",
     "Progress",
@@ -56,6 +60,8 @@ __all__ = [
     "TaskTimeoutError",
     "WorkerCrashedError",
     "WorkerHungError",
+    "pack",
     "provision",
     "run",
+    "unpack",
 ]

@@ -2,6 +2,7 @@
 
     bayou env create FILE | --python X.Y --conda SPEC... --pip REQ...
     bayou env list | show REF | export REF | remove REF... | gc
+    bayou env pack REF -o FILE | unpack FILE|URL   bundles (docs/bundles.md)
     bayou run REF -- CMD [ARGS...]
     bayou doctor
     bayou workers list | stop NAME...      persistent pools (docs/persistent.md)
@@ -77,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
 
     env_cmd = commands.add_parser("env", help="create, inspect and remove environments")
     env_sub = env_cmd.add_subparsers(title="env commands", metavar="ACTION")
-    env_cmd.set_defaults(func=lambda a: (env_cmd.print_help(), EXIT_USAGE)[1])
+    # print the help, then return EXIT_USAGE (mypy frowns on a None in the tuple)
+    env_cmd.set_defaults(func=lambda a: (env_cmd.print_help(), EXIT_USAGE)[1])  # type: ignore[func-returns-value]
 
     create = env_sub.add_parser("create", help="build an environment (or find it built)")
     create.add_argument(
@@ -143,6 +145,10 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--max-size", help="then evict LRU envs until they fit, e.g. 20G")
     gc.add_argument("--dry-run", action="store_true", help="only say what would go")
     gc.set_defaults(func=cmd_gc)
+
+    from .bundle_cli import add_parsers as add_bundle_parsers  # env pack, env unpack
+
+    add_bundle_parsers(env_sub, _find)
 
     run = commands.add_parser("run", help="run a command inside an environment")
     run.add_argument("ref", help="hash, name, spec file, or existing prefix")
@@ -455,7 +461,7 @@ def _doctor_shared_stores(store: Store) -> None:
 
 
 def _version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 

@@ -78,6 +78,23 @@ class ProvisionTimeout(ProvisionError, TimeoutError):
     """Provisioning took longer than the caller allowed; nothing was published."""
 
 
+class BundleError(ProvisionError):
+    """A bundle (`bayou.pack` / `bayou.unpack`) cannot be made or installed:
+    unreadable, corrupted, truncated, for another platform or Python, or
+    missing a package. `bundle` names the file or URL; nothing was published."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        bundle: str | None = None,
+        package: str | None = None,
+        output: str = "",
+    ) -> None:
+        self.bundle = bundle
+        super().__init__(message, package=package, output=output)
+
+
 class RemoteError(BayouError):
     """An exception raised in a worker whose type the caller cannot import."""
 
@@ -93,7 +110,7 @@ class RemoteError(BayouError):
             text += "\n\nRemote traceback:\n" + self.traceback_text
         return text
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[RemoteError], tuple[str, str, str]]:
         return (type(self), (self.type_name, self.message, self.traceback_text))
 
 

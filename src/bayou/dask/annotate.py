@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, KeysView, Mapping
 from typing import Any
 
 import dask
@@ -106,7 +106,7 @@ class EnvRoute(Mapping):
 
     # -- Mapping: **bayou.dask.env(...) ---------------------------------------------
 
-    def keys(self):  # type: ignore[override]
+    def keys(self) -> KeysView[str]:
         _ensure_watchdog()
         return self.submit_kwargs.keys()
 
@@ -150,7 +150,8 @@ def status(client: Any) -> dict[str, dict[str, str]]:
     """What each worker reported for each env: ``{key: {worker: state}}``.
 
     States: ``"provisioning"``, ``"ready"``, ``"ready (built here)"`` (this
-    worker built it; the others of its machine found it built),
+    worker built it; the others of its machine found it built), ``"ready
+    (unpacked here)"`` (the same, from the plugin's bundle),
     ``"failed: <error>"``.
     """
     return client.get_metadata(["bayou-envs"], default={})

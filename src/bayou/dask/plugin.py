@@ -7,6 +7,8 @@ every worker, now and joining later::
       ├─ scheduler metadata ["bayou-envs", key, worker] = "provisioning"
       ├─ bayou.provision(env)       (in a thread; the store's per-env lock
       │                              makes workers of one machine build once)
+      │  or bayou.unpack(bundle)     (bundle=: a path or URL every worker reads;
+      │                              offline, no channel or index needed)
       ├─ EnvExecutor(max_workers, env=...) wrapped in DaskEnvExecutor
       │     ─▶ worker.executors["bayou:<key>"]
       ├─ worker.set_resources({"bayou:<key>": max_workers})
@@ -28,14 +30,19 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from distributed import WorkerPlugin
 
+from ..bundle_read import read_manifest
 from ..env import Env
 from ..executor import EnvExecutor
 from ..provision import ProgressEvent, provision
 from ..provision.progress import default_progress
+from ..provision.unpack import unpack
+from ..store import Store
 from .executor import DaskEnvExecutor
 from .names import env_key, resource_name
 
@@ -64,6 +71,13 @@ class EnvPlugin(WorkerPlugin):
         env one dask worker runs at a time (the resource's quantity).
     provision_timeout
         Seconds a build may take before it is abandoned (default: no limit).
+    bundle
+        A bundle of `env` (`bayou.pack`, ``bayou env pack``): a path every
+        worker can read (a shared file system) or an http(s) URL. Workers
+        then unpack it into their store instead of building from channels
+        and indexes, so they need no access to them (``BAYOU_OFFLINE=1``
+        works). `EnvPlugin.from_store` makes it from the client's store.
+        A worker that cannot read it reports the error as a failed build.
     executor_options
         Keyword arguments for each worker's `EnvExecutor`
         (``heartbeat_timeout``, ``task_timeout``, ``retries``,
@@ -79,6 +93,7 @@ class EnvPlugin(WorkerPlugin):
         max_workers: int = 1,
         *,
         provision_timeout: float | None = None,
+        bundle: str | os.PathLike[str] | None = None,
         **executor_options: Any,
     ) -> None:
         if not isinstance(env, Env):
@@ -97,10 +112,48 @@ class EnvPlugin(WorkerPlugin):
         self.executor_name = self.resource
         self.max_workers = max_workers
         self.provision_timeout = provision_timeout
+        self.bundle = _bundle_location(bundle)
         self.executor_options = dict(executor_options)
         self.env_description = repr(env)
         self._env = env  # pickles as its description: rebuilt on each worker's platform
         self._reset_runtime()
+
+    @classmethod
+    def from_store(
+        cls,
+        env: Env,
+        directory: str | os.PathLike[str],
+        name: str | None = None,
+        max_workers: int = 1,
+        *,
+        url: str | None = None,
+        store: Store | str | os.PathLike[str] | None = None,
+        compression: str = "gz",
+        provision_timeout: float | None = None,
+        **executor_options: Any,
+    ) -> EnvPlugin:
+        """A plugin whose workers unpack `env` from a bundle the client makes.
+
+        The env is packed from the client's `store` (built there first when
+        missing) into `directory`, as ``bayou-<hash>.tar.gz``, unless a bundle
+        of the same env is there already. `directory` must be readable by every
+        worker at the same path (a shared file system), or served over HTTP at
+        `url` (the workers then fetch ``<url>/bayou-<hash>.tar.gz``). The client
+        names the place because only it knows one the workers can reach."""
+        from ..bundle import bundle_file_name, pack
+
+        path = Path(directory).expanduser().absolute() / bundle_file_name(env, compression)
+        if not _holds(path, env):
+            pack(env, path, store=store, compression=compression)
+        bundle = f"{url.rstrip('/')}/{path.name}" if url else str(path)
+        return cls(
+            env,
+            name,
+            max_workers,
+            provision_timeout=provision_timeout,
+            bundle=bundle,
+            **executor_options,
+        )
 
     def _reset_runtime(self) -> None:
         self._worker: Any = None
@@ -163,9 +216,14 @@ class EnvPlugin(WorkerPlugin):
                 built.append(event)
                 report(event)
 
-            environment = await asyncio.to_thread(
-                provision, env, progress, timeout=self.provision_timeout
-            )
+            if self.bundle is not None:
+                environment = await asyncio.to_thread(
+                    unpack, self.bundle, env=env, progress=progress, timeout=self.provision_timeout
+                )
+            else:
+                environment = await asyncio.to_thread(
+                    provision, env, progress, timeout=self.provision_timeout
+                )
             env_executor = await asyncio.to_thread(
                 EnvExecutor, self.max_workers, env=environment, **self.executor_options
             )
@@ -175,7 +233,8 @@ class EnvPlugin(WorkerPlugin):
         self._adapter = DaskEnvExecutor(env_executor, label=self.key)
         worker.executors[self.executor_name] = self._adapter
         await worker.set_resources(**{self.resource: self.max_workers})
-        await self._set_state(worker, "ready (built here)" if built else "ready")
+        here = "unpacked here" if self.bundle is not None else "built here"
+        await self._set_state(worker, f"ready ({here})" if built else "ready")
         logger.info(
             "bayou env %r ready on %s (%s, %d workers)",
             self.key,
@@ -225,3 +284,26 @@ class EnvPlugin(WorkerPlugin):
         if adapter is not None:
             await asyncio.to_thread(adapter.shutdown, True)
         self._worker = None
+
+
+def _bundle_location(bundle: str | os.PathLike[str] | None) -> str | None:
+    """A URL as given; a path made absolute where the plugin is made (the workers'
+    working directories differ from the client's)."""
+    if bundle is None:
+        return None
+    text = os.fspath(bundle)
+    if "://" in text:
+        return text
+    return str(Path(text).expanduser().absolute())
+
+
+def _holds(path: Path, env: Env) -> bool:
+    """Whether `path` is a readable bundle of `env` already (made by an earlier run)."""
+    from ..errors import BundleError
+
+    if not path.is_file():
+        return False
+    try:
+        return read_manifest(path).get("hash") == env.hash
+    except BundleError:
+        return False

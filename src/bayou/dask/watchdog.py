@@ -64,7 +64,7 @@ class EnvWatchdog(SchedulerPlugin):
         return {"timeout": self.timeout, "interval": self.interval}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(**state)
+        type(self).__init__(self, **state)
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
