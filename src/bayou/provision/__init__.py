@@ -31,9 +31,9 @@ import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from .. import __version__
+from .._version import __version__
 from ..env import Env, conda_platform
 from ..environment import Environment, current_environment
 from ..errors import ProvisionError, SpecError
@@ -85,10 +85,10 @@ def provision(
     offline = offline_requested(offline)
     found = store.find(env.hash)  # this store, then the shared ones ($BAYOU_STORE_PATH)
     if found is not None:
-        home, record = found
+        home, stored = found
         home.touch(env.hash)  # a shared store is never written: no-ops there
-        home.add_name(env.hash, env.name, record)
-        return environment_from_record(record, env)
+        home.add_name(env.hash, env.name, stored)
+        return environment_from_record(stored, env)
 
     report = progress or default_progress()
     deadline = Deadline(timeout)
@@ -119,7 +119,7 @@ def _build(
     deadline: Deadline,
     allow_download: bool | None = None,
     offline: bool = False,
-) -> dict:
+) -> dict[str, Any]:
     started = time.monotonic()
     final = store.env_dir(env.hash)
     build_dir = store.new_build_dir(env.hash)
@@ -128,9 +128,19 @@ def _build(
     def emit(stage: str, done: int | None = None, total: int | None = None, msg: str = "") -> None:
         report(ProgressEvent(env.hash, stage, done, total, msg))
 
-    def on_conda_event(event: dict[str, Any]) -> None:
+    def on_tool_event(event: dict[str, Any]) -> None:  # the rattler child's, uv's (uv_progress)
         if event.get("event") == "progress":
-            emit(event["stage"], event.get("done"), event.get("total"), event.get("message", ""))
+            report(
+                ProgressEvent(
+                    env.hash,
+                    event["stage"],
+                    event.get("done"),
+                    event.get("total"),
+                    event.get("message", ""),
+                    event.get("bytes_done"),
+                    event.get("bytes_total"),
+                )
+            )
 
     try:
         conda_records: list[dict[str, Any]] = []
@@ -139,7 +149,7 @@ def _build(
             backend = external.selected_backend(env)
             if backend == "rattler":
                 conda_records = conda_step.solve_and_install(
-                    env, store, build_dir, final, deadline, on_conda_event, offline=offline
+                    env, store, build_dir, final, deadline, on_tool_event, offline=offline
                 )
             else:
                 conda_records, tool_info = external.solve_and_install(
@@ -149,7 +159,7 @@ def _build(
                     build_dir,
                     final,
                     deadline,
-                    on_conda_event,
+                    on_tool_event,
                     allow_download=allow_download,
                     offline=offline,
                 )
@@ -166,7 +176,9 @@ def _build(
         pip_packages: list[dict[str, str]] = []
         if env.pip:
             emit("pip", 0, len(env.pip), "installing with uv")
-            result = uv_step.install(env, python, store.uv_cache, deadline, offline=offline)
+            result = uv_step.install(
+                env, python, store.uv_cache, deadline, offline=offline, on_event=on_tool_event
+            )
             output.append(result.output)
             emit("pip", len(env.pip), len(env.pip), "done")
             pip_packages = uv_step.installed_by(result)
@@ -282,7 +294,7 @@ def environment_from_record(record: dict[str, Any], env: Env | None = None) -> E
 
 
 def _existing_environment(env: Env) -> Environment:
-    python = env.path
+    python = cast(Path, env.path)  # an existing env's python
     if not python.exists():
         raise SpecError("the environment's python no longer exists", entry=str(python))
     version = _python_version(python)

@@ -106,7 +106,8 @@ def solve_and_install(
         result_path.unlink(missing_ok=True)
     if answer["ok"]:
         (meta / "virtual-packages.json").write_text(json.dumps(answer.get("virtual_packages")))
-        return answer["records"]
+        records: list[dict[str, Any]] = answer["records"]
+        return records
     channels = ", ".join(env.channels)
     if channel_alias():
         channels += f" (names resolved against $BAYOU_CHANNEL_ALIAS={channel_alias()})"
@@ -143,7 +144,10 @@ def _virtual_named(message: str) -> str | None:
 def virtual_packages(build_dir: Path) -> dict[str, Any] | None:
     """The virtual packages a rattler build saw and needed (for the env's record)."""
     try:
-        return json.loads((build_dir / ".bayou" / "virtual-packages.json").read_text())
+        found: dict[str, Any] | None = json.loads(
+            (build_dir / ".bayou" / "virtual-packages.json").read_text()
+        )
+        return found
     except (OSError, ValueError):
         return None
 

@@ -25,12 +25,12 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..env import Env
 from ..errors import ProvisionError
 from ..lockfiles import LockedPackage, LockedSpec
-from .tools import Deadline, ToolResult, run_tool
+from .tools import Deadline, ToolResult
 
 
 def child_request(lock: LockedSpec, meta: Path) -> dict[str, Any]:
@@ -64,10 +64,11 @@ def install_pip(
     on_line: Callable[[str], None] | None = None,
     *,
     offline: bool = False,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> ToolResult:
-    from .uv_step import _uv_message, uv_binary, uv_environ
+    from .uv_step import _uv_message, run_install, uv_binary
 
-    lock = env.lock
+    lock = cast(LockedSpec, env.lock)  # a locked env has one
     argv = [uv_binary(), "pip", "install", "--python", str(python), "--no-config"]
     if offline:
         argv.append("--offline")
@@ -83,12 +84,13 @@ def install_pip(
             path = work / "requirements.txt"
             path.write_text(requirements_with_hashes(lock.pypi))
             argv += ["--no-deps", "--require-hashes", "-r", str(path)]
-        result = run_tool(
+        result = run_install(
             argv,
-            deadline=deadline,
-            what="installing the locked pip packages",
-            env=uv_environ(cache_dir),
-            on_line=on_line,
+            deadline,
+            "installing the locked pip packages",
+            cache_dir,
+            on_line,
+            on_event=on_event,  # progress, as for any pip install
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -32,10 +32,15 @@ import json
 import os
 import re
 import sys
+import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
+
+if TYPE_CHECKING:
+    import rattler
+    from rattler.package_cache import PackageCache
 
 
 def _emit(event: str, **data: Any) -> None:
@@ -57,28 +62,98 @@ def _record_dict(record: Any) -> dict[str, Any]:
     }
 
 
-def _make_reporter(total_holder: dict[str, int]):
+def _make_reporter(records: list[Any], package_cache: str) -> rattler.InstallerReporter:
+    """The installer's progress as event lines: downloads (packages and bytes;
+    the totals known up front from the records neither cached nor local, and
+    the download the install waits on longest named) and each package linked.
+    rattler calls it from its worker threads."""
+    import threading
+
     import rattler
+
+    size_of = {r.name.normalized: int(r.size or 0) for r in records}
+    cache = Path(package_cache)
+    expected = {
+        r.name.normalized
+        for r in records
+        if urlparse(str(r.url)).scheme != "file"
+        and not (cache / f"{r.name.normalized}-{r.version}-{r.build}/info/index.json").is_file()
+    }
+    lock = threading.Lock()
+    names: dict[int, str] = {}  # transaction operation: package name
+    downloads: dict[int, list[int]] = {}  # operation: [bytes done, bytes total]
+    finished: set[int] = set()
+    linked: list[int] = []
+    operations = [0]  # of the transaction
+    told: list[Any] = [0.0, None]  # when bytes were last told, and what
+
+    def tell_downloads(force: bool) -> None:
+        now = time.monotonic()
+        if not force and now - told[0] < 0.1:
+            return  # bytes only: at most 10 lines a second
+        told[0] = now
+        started = {names.get(op, "") for op in downloads}
+        waiting = {op: total - done for op, (done, total) in downloads.items()}
+        slowest = max(waiting, key=lambda op: waiting[op], default=None)
+        event = dict(
+            stage="download",
+            done=len(finished),
+            total=len(expected | started),
+            message=names.get(slowest, "") if slowest is not None and waiting[slowest] else "",
+            bytes_done=sum(done for done, _ in downloads.values()),
+            bytes_total=sum(total for _, total in downloads.values())
+            + sum(size_of.get(name, 0) for name in expected - started),
+        )
+        if event != told[1]:
+            told[1] = event
+            _emit("progress", **event)
 
     class Reporter(rattler.InstallerReporter):
         def on_transaction_start(self, total_operations: int) -> None:
-            total_holder["ops"] = total_operations
-            _emit("progress", stage="link", done=0, total=total_operations)
+            with lock:
+                operations[0] = total_operations
+                _emit("progress", stage="link", done=0, total=total_operations)
+
+        def on_populate_cache_start(self, operation: int, package_name: str) -> int:
+            names[operation] = package_name
+            return operation
 
         def on_download_start(self, cache_entry: int) -> int:
+            with lock:  # the token is the operation (on_populate_cache_start)
+                downloads[cache_entry] = [0, size_of.get(names.get(cache_entry, ""), 0)]
+                tell_downloads(force=True)
             return cache_entry
 
+        def on_download_progress(
+            self, download_idx: int, progress: int, total: int | None
+        ) -> None:
+            with lock:
+                entry = downloads.setdefault(download_idx, [0, 0])
+                entry[0], entry[1] = progress, total or max(entry[1], progress)
+                tell_downloads(force=False)
+
         def on_download_completed(self, download_idx: int) -> None:
-            total_holder["downloaded"] = total_holder.get("downloaded", 0) + 1
-            _emit("progress", stage="download", done=total_holder["downloaded"], total=None)
+            with lock:
+                entry = downloads.setdefault(download_idx, [0, 0])
+                entry[0] = entry[1] = max(entry)
+                finished.add(download_idx)
+                tell_downloads(force=True)
+
+        def on_link_start(self, operation: int, package_name: str) -> int:
+            names[operation] = package_name
+            return operation
 
         def on_transaction_operation_complete(self, operation: int) -> None:
-            total_holder["done"] = total_holder.get("done", 0) + 1
-            _emit(
-                "progress", stage="link", done=total_holder["done"], total=total_holder.get("ops")
-            )
+            with lock:
+                linked.append(operation)
+                name = names.get(operation, "")
+                _emit(
+                    "progress", stage="link", done=len(linked), total=operations[0], message=name
+                )
 
-    return Reporter()
+    # rattler's InstallerReporter is a Protocol whose methods are documented no-ops;
+    # mypy reads their docstring-only bodies as abstract
+    return Reporter()  # type: ignore[abstract]
 
 
 def _culprit(message: str, specs: list[str]) -> str | None:
@@ -101,7 +176,7 @@ def _culprit(message: str, specs: list[str]) -> str | None:
     return None
 
 
-def _package_cache(path: str):
+def _package_cache(path: str) -> PackageCache:
     """The shared package cache, checked against each package's paths.json.
 
     rattler's default (``cache_dir=``) trusts an extracted package whose
@@ -152,7 +227,9 @@ def _local_channel_dir(channel: Any) -> Path | None:
     return path if path.is_dir() else None
 
 
-def _offline_sources(request: dict[str, Any], channels: list[Any], scratch: Path):
+def _offline_sources(
+    request: dict[str, Any], channels: list[Any], scratch: Path
+) -> tuple[list[Any], list[str]]:
     """The solver's sources offline: each channel that is an existing local
     directory as itself, every other channel as the cached packages it served
     (written as a small repodata.json per subdir and read as SparseRepoData).
@@ -230,7 +307,8 @@ async def _solve_and_install(request: dict[str, Any]) -> dict[str, Any]:
     channels = [rattler.Channel(c, config) for c in request["channels"]]
     platform = rattler.Platform(request["platform"])
     offline = bool(request.get("offline"))
-    sources, local = channels, []
+    sources: list[Any] = channels
+    local: list[str] = []
     if offline:
         scratch = Path(request["build_prefix"]) / ".bayou" / "offline-repodata"
         sources, local = _offline_sources(request, channels, scratch)
@@ -260,7 +338,6 @@ async def _solve_and_install(request: dict[str, Any]) -> dict[str, Any]:
     missing = _uncached(records, request["package_cache"]) if offline else None
     if missing is not None:
         return {**missing, "local_channels": local}
-    holder: dict[str, int] = {}
     try:
         await rattler.install(
             records,
@@ -269,7 +346,7 @@ async def _solve_and_install(request: dict[str, Any]) -> dict[str, Any]:
             alternative_target_prefix=request["final_prefix"],
             platform=platform,
             show_progress=False,
-            reporter=_make_reporter(holder),
+            reporter=_make_reporter(records, request["package_cache"]),
             execute_link_scripts=False,
         )
     except Exception as exc:
@@ -389,7 +466,7 @@ async def _install_locked(request: dict[str, Any]) -> dict[str, Any]:
     environment = lock.environment(spec["environment"])
     platforms = environment.platforms() if environment is not None else []
     lock_platform = next((p for p in platforms if p.name == spec["platform"]), None)
-    if lock_platform is None:
+    if lock_platform is None or environment is None:
         message = f"the lock has no packages for {spec['platform']}"
         return {"ok": False, "stage": "lock", "message": message, "package": None}
     records = environment.conda_repodata_records_for_platform(lock_platform) or []
@@ -406,7 +483,7 @@ async def _install_locked(request: dict[str, Any]) -> dict[str, Any]:
             alternative_target_prefix=request["final_prefix"],
             platform=rattler.Platform(request["platform"]),
             show_progress=False,
-            reporter=_make_reporter({}),
+            reporter=_make_reporter(records, request["package_cache"]),
             execute_link_scripts=False,
         )
     except Exception as exc:

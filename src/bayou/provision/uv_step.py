@@ -7,7 +7,10 @@ Two entry points, both run against a build directory:
   build directory is renamed into place when it is published.
 * `install`: ``uv pip install --python <env python>`` of the requirements,
   for venvs and for conda envs alike, with the store's shared uv cache (hard
-  links when the cache and the env share a file system).
+  links when the cache and the env share a file system). With `on_event`,
+  uv runs with a pseudo-terminal as its stderr, the only place it draws
+  download bytes, and `uv_progress` turns what it draws into progress events
+  (`run_install`); the output kept is what the terminal shows at the end.
 
 Failures raise `ProvisionError` carrying uv's own message, the requirement it
 is about when uv names one, and the full output. Offline, both run uv with
@@ -27,6 +30,7 @@ from ..env import Env, pip_requirement_name
 from ..errors import ProvisionError
 from . import wheel_check
 from .tools import Deadline, ToolResult, run_tool
+from .uv_progress import EventCallback, UvProgress
 
 
 def uv_binary() -> str:
@@ -92,11 +96,14 @@ def install(
     on_line: Callable[[str], None] | None = None,
     *,
     offline: bool = False,
+    on_event: EventCallback | None = None,
 ) -> ToolResult:
     if env.lock is not None:  # exactly as locked, every hash checked
         from .locked import install_pip
 
-        return install_pip(env, python, cache_dir, deadline, on_line, offline=offline)
+        return install_pip(
+            env, python, cache_dir, deadline, on_line, offline=offline, on_event=on_event
+        )
     argv = [uv_binary(), "pip", "install", "--python", str(python), "--no-config"]
     if offline:
         argv += ["--offline"]
@@ -110,12 +117,8 @@ def install(
         else:
             argv += [flag, value]
     argv += list(env.pip)
-    result = run_tool(
-        argv,
-        deadline=deadline,
-        what="installing pip packages",
-        env=uv_environ(cache_dir),
-        on_line=on_line,
+    result = run_install(
+        argv, deadline, "installing pip packages", cache_dir, on_line, on_event=on_event
     )
     if result.returncode != 0:
         message = _uv_message(result)
@@ -130,6 +133,39 @@ def install(
             f"pip install failed: {message}", package=package, output=result.output
         )
     return _repair_damaged(env, python, cache_dir, deadline, argv, result, offline)
+
+
+def run_install(
+    argv: list[str],
+    deadline: Deadline,
+    what: str,
+    cache_dir: Path,
+    on_line: Callable[[str], None] | None = None,
+    *,
+    on_event: EventCallback | None = None,
+) -> ToolResult:
+    """Run a ``uv pip install``; with `on_event`, on a pseudo-terminal (where
+    uv draws its progress, bytes included, whatever UV_NO_PROGRESS says
+    elsewhere) and read as it streams."""
+    environ = uv_environ(cache_dir)
+    if on_event is None:
+        return run_tool(argv, deadline=deadline, what=what, env=environ, on_line=on_line)
+    del environ["UV_NO_PROGRESS"]
+    reader = UvProgress(on_event)
+    result = run_tool(
+        argv,
+        deadline=deadline,
+        what=what,
+        env=environ,
+        on_line=on_line,
+        on_stderr=reader.feed,
+        stderr_tty=True,
+    )
+    try:
+        reader.finish()
+    except Exception:  # a progress callback must not break a build
+        pass
+    return result
 
 
 def _repair_damaged(
