@@ -153,7 +153,7 @@ class MapFeeder:
             self._count_when_done(self.tasks[-1][1], 1)
             return
         if self._fn_error is not None:
-            fut = BayouFuture()
+            fut: Future[Any] = BayouFuture()
             fut.set_exception(self._fn_error)
             self.tasks.append((CHUNK, fut, n))
             return

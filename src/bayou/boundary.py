@@ -51,7 +51,7 @@ import types
 import weakref
 from collections import ChainMap
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 
@@ -269,7 +269,7 @@ class TaskEncoder:
     """Pickles functions and arguments for workers of one environment."""
 
     def __init__(self, target_xy: tuple[int, int], *, foreign: bool) -> None:
-        self.target_xy = tuple(target_xy)
+        self.target_xy = cast("tuple[int, int]", tuple(target_xy))  # a list works too
         self.foreign = foreign
         # records of module-level functions (pickled by reference: module and name
         # only, so they cannot go stale), to skip a cloudpickle per submit
@@ -390,6 +390,7 @@ def pickle_globals(data) -> set[str]:
     found: set[str] = set()
     memo: dict[int, Any] = {}
     recent: list = [None, None]
+    arg: Any  # an opcode's argument, whose type the opcode decides
     try:
         for op, arg, _ in pickletools.genops(data):
             name = op.name

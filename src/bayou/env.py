@@ -33,15 +33,18 @@ import json
 import platform as _platform
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from .errors import SpecError
+
+if TYPE_CHECKING:
+    from .lockfiles import LockedSpec
 
 DEFAULT_CHANNELS = ("conda-forge",)
 # Tools that can build the conda part (see bayou.provision.external).
@@ -125,7 +128,7 @@ def normalize_pip_requirement(
         parsed = Requirement(text)
     except InvalidRequirement as exc:
         raise SpecError(f"not a valid pip requirement: {exc}", file=file, line=line, entry=text)
-    out = canonicalize_name(parsed.name)
+    out: str = canonicalize_name(parsed.name)
     if parsed.extras:
         out += "[" + ",".join(sorted(canonicalize_name(e) for e in parsed.extras)) + "]"
     if parsed.url:
@@ -166,6 +169,19 @@ class Env:
         "_lock",
         "_hash",
     )
+    _kind: str
+    _python: str | None
+    _conda: tuple[str, ...]
+    _pip: tuple[str, ...]
+    _pip_options: tuple[str, ...]
+    _channels: tuple[str, ...]
+    _env_vars: MappingProxyType[str, str]
+    _name: str | None
+    _path: Path | None
+    _source: str | None
+    _backend: str | None
+    _lock: LockedSpec | None
+    _hash: str
 
     def __init__(
         self,
@@ -179,7 +195,7 @@ class Env:
         pip_options: Iterable[str] = (),
         backend: str | None = None,
         _source: str | None = None,
-        _lines: Mapping[str, int] | None = None,
+        _lines: Mapping[str, int | None] | None = None,
     ) -> None:
         lines = dict(_lines or {})
         if isinstance(conda, str) or isinstance(pip, str):
@@ -266,7 +282,7 @@ class Env:
     @classmethod
     def _from_lock(
         cls,
-        lock: Any,
+        lock: LockedSpec,
         *,
         name: str | None = None,
         env_vars: Mapping[str, str] | None = None,
@@ -335,25 +351,66 @@ class Env:
 
     # -- read-only view --------------------------------------------------------
 
-    kind = property(lambda self: self._kind, doc="'spec', 'lock', 'existing' or 'current'.")
-    python = property(lambda self: self._python, doc="Requested Python version, or None.")
-    conda = property(lambda self: self._conda, doc="Canonical conda specs, sorted.")
-    pip = property(lambda self: self._pip, doc="Canonical pip requirements, sorted.")
-    pip_options = property(lambda self: self._pip_options)
-    channels = property(lambda self: self._channels)
-    env_vars = property(lambda self: self._env_vars)
-    name = property(lambda self: self._name)
-    path = property(lambda self: self._path, doc="The python of an existing env.")
-    source = property(lambda self: self._source, doc="The file this spec was read from.")
-    backend = property(
-        lambda self: self._backend,
-        doc="Tool for the conda part ('micromamba', 'pixi', 'conda', 'rattler'), or None.",
-    )
-    hash = property(lambda self: self._hash, doc="Content identity (hex, 16 chars).")
-    lock = property(
-        lambda self: self._lock,
-        doc="What a lock file pins (`bayou.lockfiles.LockedSpec`), or None.",
-    )
+    @property
+    def kind(self) -> str:
+        """'spec', 'lock', 'existing' or 'current'."""
+        return self._kind
+
+    @property
+    def python(self) -> str | None:
+        """Requested Python version, or None."""
+        return self._python
+
+    @property
+    def conda(self) -> tuple[str, ...]:
+        """Canonical conda specs, sorted."""
+        return self._conda
+
+    @property
+    def pip(self) -> tuple[str, ...]:
+        """Canonical pip requirements, sorted."""
+        return self._pip
+
+    @property
+    def pip_options(self) -> tuple[str, ...]:
+        return self._pip_options
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return self._channels
+
+    @property
+    def env_vars(self) -> Mapping[str, str]:
+        return self._env_vars
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def path(self) -> Path | None:
+        """The python of an existing env."""
+        return self._path
+
+    @property
+    def source(self) -> str | None:
+        """The file this spec was read from."""
+        return self._source
+
+    @property
+    def backend(self) -> str | None:
+        """Tool for the conda part ('micromamba', 'pixi', 'conda', 'rattler'), or None."""
+        return self._backend
+
+    @property
+    def hash(self) -> str:
+        """Content identity (hex, 16 chars)."""
+        return self._hash
+
+    @property
+    def lock(self) -> LockedSpec | None:
+        """What a lock file pins (`bayou.lockfiles.LockedSpec`), or None."""
+        return self._lock
 
     @property
     def is_conda(self) -> bool:
@@ -362,13 +419,14 @@ class Env:
     def canonical(self) -> dict[str, Any]:
         """The data the hash is computed from (see the module docstring)."""
         if self._kind == "lock":
+            lock = cast("LockedSpec", self._lock)
             return {
                 "v": _HASH_VERSION,
                 "kind": "lock",
-                "format": self._lock.format,
-                "lock_digest": self._lock.digest,
+                "format": lock.format,
+                "lock_digest": lock.digest,
                 "python": self._python,
-                "platform": self._lock.platform,
+                "platform": lock.platform,
             }
         if self._kind != "spec":
             return {"v": _HASH_VERSION, "kind": self._kind, "python": str(self._path)}
@@ -394,7 +452,7 @@ class Env:
         if self._kind == "lock":
             # The pins are for people and `env export`; the lock is what rebuilds it.
             data.update(
-                lock=self._lock.to_dict(),
+                lock=cast("LockedSpec", self._lock).to_dict(),
                 conda=list(self._conda),
                 pip=list(self._pip),
                 channels=list(self._channels),
@@ -438,7 +496,7 @@ class Env:
             return replace_locked(self, changes)
         if self._kind != "spec":
             raise TypeError("replace() applies to spec environments only")
-        fields = {
+        fields: dict[str, Any] = {
             "python": self._python,
             "conda": [s for s in self._conda if not s.startswith("python ")]
             if "python" in changes
@@ -470,7 +528,7 @@ class Env:
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError("Env is immutable; use Env.replace(...)")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[Mapping[str, Any]], Env], tuple[dict[str, Any]]]:
         # Rebuilt through the validating constructor from its description: a pickled
         # Env (to a Dask worker, a persistent pool) is the same spec there, hashed for
         # that machine's platform (the same hash on the same platform).
@@ -482,9 +540,10 @@ class Env:
 
     def __repr__(self) -> str:
         if self._kind == "lock":
-            which = self._lock.environment
+            lock = cast("LockedSpec", self._lock)
+            which = lock.environment
             more = f", environment={which!r}" if which not in (None, "default") else ""
-            return f"Env.from_file({self._source or self._lock.format!r}{more}) #{self._hash[:8]}"
+            return f"Env.from_file({self._source or lock.format!r}{more}) #{self._hash[:8]}"
         if self._kind != "spec":
             return f"Env.{self._kind}({str(self._path)!r})"
         parts = []
@@ -505,7 +564,8 @@ class Env:
         if self._name:
             return self._name
         if self._kind == "lock":
-            return f"{self._lock.format} ({len(self._conda) + len(self._pip)} packages)"
+            lock = cast("LockedSpec", self._lock)
+            return f"{lock.format} ({len(self._conda) + len(self._pip)} packages)"
         if self._kind != "spec":
             return str(self._path)
         pkgs = [s for s in self._conda if not s.startswith("python")] + list(self._pip)

@@ -24,30 +24,39 @@ import logging
 import operator
 import os
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast
 
 from . import batching, boundary, errors, protocol
 from . import pool as pool_module
 from .environment import Environment, current_environment
-from .futures import BayouFuture, Progress  # noqa: F401 (bayou.executor.BayouFuture still works)
+from .futures import BayouFuture as BayouFuture  # bayou.executor.BayouFuture still works
+from .futures import Progress as Progress  # re-exported too
 from .pool import OUTPUT_MODES, Pool, WorkItem
 from .store import EnvHold, Store
 from .worker import wire
 
+if TYPE_CHECKING:
+    from .shm import SegmentPool
+
 logger = logging.getLogger("bayou.executor")
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 #: `submit_batch` runs each call as ``methodcaller("__call__")(partial)``: stdlib on both sides.
 _RUN_PARTIAL = operator.methodcaller("__call__")
 
 
-def _same_kwargs(a: dict, b: dict) -> bool:
+def _same_kwargs(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """The same keyword arguments, the same objects (no `==`: values may be arrays)."""
     return a.keys() == b.keys() and all(a[k] is b[k] for k in a)
 
@@ -94,11 +103,12 @@ def _start_method(mp_context: Any) -> str | None:
     get = getattr(mp_context, "get_start_method", None)
     if mp_context is None or not callable(get):
         return None
-    return get(allow_none=False)
+    method: str | None = get(allow_none=False)
+    return method
 
 
 def _initializer_pickling_error(
-    initializer: Callable, initargs: tuple, exc: Exception
+    initializer: Callable[..., object], initargs: tuple[Any, ...], exc: Exception
 ) -> errors.PicklingError:
     """The error for an initializer or initargs that cannot be pickled, naming the culprit.
 
@@ -123,10 +133,31 @@ def _initializer_pickling_error(
     )
 
 
-def _constructor_signature(init: Callable) -> inspect.Signature:
+def _constructor_signature(init: Callable[..., Any]) -> inspect.Signature:
     """`init`'s signature without `self`: what calling the class takes."""
     sig = inspect.signature(init)
     return sig.replace(parameters=list(sig.parameters.values())[1:])
+
+
+class _ExecutorPool(Protocol):
+    """What an executor uses of its pool: a `Pool`, or a persistent pool's `RemotePool`."""
+
+    @property
+    def processes(self) -> dict[int, Any]: ...
+    @property
+    def broken(self) -> str | None: ...
+    @property
+    def thread(self) -> threading.Thread | None: ...
+    @property
+    def segments(self) -> SegmentPool | None: ...
+    @property
+    def retries(self) -> int: ...
+    @property
+    def _shutdown(self) -> bool: ...
+
+    def submit(self, item: WorkItem) -> None: ...
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None: ...
 
 
 class EnvExecutor(Executor):
@@ -181,7 +212,7 @@ class EnvExecutor(Executor):
         max_workers: int | None = None,
         mp_context: Any = None,
         initializer: Callable[..., object] | None = None,
-        initargs: tuple = (),
+        initargs: tuple[Any, ...] = (),
         *,
         max_tasks_per_child: int | None = None,
         env: Any = None,
@@ -190,7 +221,7 @@ class EnvExecutor(Executor):
         task_timeout: float | None = None,
         retries: int = 0,
         max_memory_per_worker: int | None = None,
-        log_dir: str | os.PathLike | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
         output: str = "inherit",
         persistent: bool = False,
         name: str | None = None,
@@ -240,7 +271,8 @@ class EnvExecutor(Executor):
         self._encoder = protocol.TaskEncoder(
             self.environment.python_xy, foreign=not self.environment.is_current
         )
-        init_blob, init_roots = None, frozenset()
+        init_blob: bytes | None = None
+        init_roots: frozenset[str] = frozenset()
         if initializer is not None:
             try:
                 init_blob, init_roots = self._encoder.dumps((initializer, tuple(initargs)))
@@ -262,7 +294,7 @@ class EnvExecutor(Executor):
         self._pool = self._make_pool(self.environment, options, name=name, debug=debug)
         # per-call seconds of the functions `map` batched, so the next map of one
         # starts with batches of the right size (`batching`)
-        self._call_seconds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._call_seconds: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
         self._finalizer = weakref.finalize(self, self._pool.shutdown, False, False)
         if self._env_hold is not None:
             weakref.finalize(self, self._env_hold.release)
@@ -275,17 +307,20 @@ class EnvExecutor(Executor):
                     "persistent=True needs name=...: later processes attach to the pool "
                     "by that name (bayou.attach(name))"
                 )
-            from .persistent import PersistentExecutor
-
-            cls = PersistentExecutor
+            assert EnvExecutor._persistent_class is not None  # `import bayou` registered it
+            cls = EnvExecutor._persistent_class
         return super().__new__(cls)
+
+    # `bayou.persistent.PersistentExecutor`, set when that module is imported (always
+    # by `import bayou`): executor does not import persistent, which builds on it
+    _persistent_class: type[EnvExecutor] | None = None
 
     # help(), IDEs and inspect.signature show __init__'s parameters, not __new__'s
     __signature__ = _constructor_signature(__init__)
 
     def _make_pool(
         self, environment: Environment, options: dict[str, Any], *, name: str | None, debug: bool
-    ) -> Pool:
+    ) -> _ExecutorPool:
         """The pool behind this executor (`PersistentExecutor` returns a remote one).
 
         ``debug=True``: workers listen with debugpy (docs/debugging.md).
@@ -311,7 +346,7 @@ class EnvExecutor(Executor):
     # -- ProcessPoolExecutor compatibility -------------------------------------------
 
     @property
-    def _processes(self) -> dict:
+    def _processes(self) -> dict[int, Any]:
         return self._pool.processes
 
     @property
@@ -319,20 +354,26 @@ class EnvExecutor(Executor):
         return self._pool.broken or False
 
     @property
-    def _executor_manager_thread(self):
+    def _executor_manager_thread(self) -> threading.Thread | None:
         return self._pool.thread
 
     # -- encoding ------------------------------------------------------------------------
 
     def _item(
-        self, fn: Callable, call_kind: int, payload: Any, *, fn_record: tuple | None = None
+        self,
+        fn: Callable[..., Any],
+        call_kind: int,
+        payload: Any,
+        *,
+        fn_record: tuple[Any, ...] | None = None,
     ) -> WorkItem:
-        roots: frozenset = frozenset()
+        roots: frozenset[str] = frozenset()
         if fn_record is None:
             fn_record, roots = self._encoder.function(fn)
-        buffers: list = []  # big pickle buffers, out of band: shared memory or inline
+        buffers: list[Any] = []  # big pickle buffers, out of band: shared memory or inline
         if call_kind == wire.CALL:
-            args_blob, arg_roots = self._encoder.call_args(fn, *payload, buffers)
+            args, kwargs = payload
+            args_blob, arg_roots = self._encoder.call_args(fn, args, kwargs, buffers)
         else:
             args_blob, arg_roots = self._encoder.chunk_args(fn, payload, buffers)
         return WorkItem(
@@ -350,13 +391,18 @@ class EnvExecutor(Executor):
             else None,
         )
 
-    def _encode_function(self, fn: Callable) -> tuple[tuple, frozenset]:
+    def _encode_function(self, fn: Callable[..., Any]) -> tuple[tuple[Any, ...], frozenset[str]]:
         """(function record, roots) for `fn` in this executor's env (map's batching)."""
         return self._encoder.function(fn)
 
     def _submit_calls(
-        self, fn: Callable, kind: int, calls: list, fn_record: tuple | None, roots: frozenset
-    ) -> BayouFuture:
+        self,
+        fn: Callable[..., Any],
+        kind: int,
+        calls: list[Any],
+        fn_record: tuple[Any, ...] | None,
+        roots: frozenset[str],
+    ) -> BayouFuture[Any]:
         """One task running `fn` over `calls` (a CHUNK or ITEMS task of map's batching)."""
 
         def make() -> WorkItem:
@@ -366,7 +412,7 @@ class EnvExecutor(Executor):
 
         return self._submit_item(make)
 
-    def _submit_item(self, make: Callable[[], WorkItem]) -> BayouFuture:
+    def _submit_item(self, make: Callable[[], WorkItem]) -> BayouFuture[Any]:
         if pool_module.lifetime.stopping():
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         if self._pool.broken is not None:
@@ -380,20 +426,25 @@ class EnvExecutor(Executor):
         except errors.PicklingError as exc:
             # Like ProcessPoolExecutor, a task that cannot be pickled fails its
             # future (at once, here) rather than raising from submit().
-            fut = BayouFuture()
+            fut: BayouFuture[Any] = BayouFuture()
             fut.set_exception(exc)
             return fut
         self._pool.submit(item)
-        return item.future
+        future: BayouFuture[Any] = item.future
+        return future
 
     # -- the Executor interface ---------------------------------------------------------
 
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> BayouFuture:
+    def submit(
+        self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> BayouFuture[_T]:
         return self._submit_item(lambda: self._item(fn, wire.CALL, (args, kwargs)))
 
     submit.__doc__ = Executor.submit.__doc__
 
-    def submit_batch(self, calls: Iterable[tuple[Callable, tuple, dict]]) -> BayouFuture:
+    def submit_batch(
+        self, calls: Iterable[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]
+    ) -> BayouFuture[list[Any]]:
         """Run several ``(fn, args, kwargs)`` calls as one task; the result is their list.
 
         The calls run in order in one worker and the first exception ends the
@@ -432,12 +483,12 @@ class EnvExecutor(Executor):
 
     def map(
         self,
-        fn: Callable,
-        *iterables: Iterable,
+        fn: Callable[..., _T],
+        *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
         buffersize: int | None = None,
-    ) -> Iterator:
+    ) -> Iterator[_T]:
         """Like ProcessPoolExecutor.map (Python 3.14's, with `buffersize`), batching by default.
 
         Results come in order; the first call that raised raises when its
@@ -485,7 +536,12 @@ class EnvExecutor(Executor):
         if wait and self._env_hold is not None:
             self._env_hold.release()  # the workers are gone: gc may take the env
 
-    def __exit__(self, exc_type, exc_val, exc_tb) -> bool:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> Literal[False]:
         """Like Executor's, except on Ctrl-C: then queued work is cancelled and running
         tasks are stopped (see `shutdown`) instead of waited for, which could take hours.
         Workers live in their own sessions, so the terminal's SIGINT reaches only the
@@ -496,7 +552,7 @@ class EnvExecutor(Executor):
 
     # -- calling into modules that live in the environment ---------------------------------
 
-    def import_module(self, module: str | os.PathLike) -> ModuleProxy:
+    def import_module(self, module: str | os.PathLike[str]) -> ModuleProxy:
         """A proxy whose attributes call functions of `module` in the environment.
 
         `module` is a dotted name importable in the environment (or among the
@@ -509,28 +565,28 @@ class EnvExecutor(Executor):
 
     def execute(
         self,
-        module: str | os.PathLike,
+        module: str | os.PathLike[str],
         function: str,
-        args: tuple = (),
-        kwargs: dict | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
     ) -> Any:
         """Call `module.function(*args, **kwargs)` in the environment and return its result."""
         return self.submit_call(module, function, args, kwargs).result()
 
     def submit_call(
         self,
-        module: str | os.PathLike,
+        module: str | os.PathLike[str],
         function: str,
-        args: tuple = (),
-        kwargs: dict | None = None,
-    ) -> BayouFuture:
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> BayouFuture[Any]:
         """Like `execute`, returning a future."""
         name, path, roots = _module_reference(module)
         record = (wire.FN_REF, name, function, path)
         label = f"{name}.{function}"
 
         def make() -> WorkItem:
-            stub = _NamedCall(label)
+            stub = cast("Callable[..., Any]", _NamedCall(label))  # for labels only
             item = self._item(stub, wire.CALL, (tuple(args), dict(kwargs or {})), fn_record=record)
             item.roots = item.roots | roots
             return item
@@ -547,7 +603,7 @@ class _NamedCall:
         self.__qualname__ = name
 
 
-def _module_reference(module: str | os.PathLike) -> tuple[str, str | None, frozenset]:
+def _module_reference(module: str | os.PathLike[str]) -> tuple[str, str | None, frozenset[str]]:
     """(module name, file path or None, extra sys.path roots) for `import_module`."""
     text = os.fspath(module)
     if text.endswith(".py") or os.sep in text or (os.altsep and os.altsep in text):
@@ -555,7 +611,7 @@ def _module_reference(module: str | os.PathLike) -> tuple[str, str | None, froze
         if not path.is_file():
             raise FileNotFoundError(f"no such module file: {path}")
         return path.stem, str(path), frozenset()
-    roots: frozenset = frozenset()
+    roots: frozenset[str] = frozenset()
     if text in sys.modules:
         root = boundary.module_root(text)
         if root is not None:
@@ -566,7 +622,7 @@ def _module_reference(module: str | os.PathLike) -> tuple[str, str | None, froze
 class ModuleProxy:
     """`ex.import_module(...)`: attribute access gives functions that run in the env."""
 
-    def __init__(self, executor: EnvExecutor, module: str | os.PathLike) -> None:
+    def __init__(self, executor: EnvExecutor, module: str | os.PathLike[str]) -> None:
         self._executor = executor
         self._module = module
 
@@ -582,7 +638,7 @@ class ModuleProxy:
 class RemoteFunction:
     """A function of an environment-side module: call it (blocking) or `submit` it."""
 
-    def __init__(self, executor: EnvExecutor, module: str | os.PathLike, name: str) -> None:
+    def __init__(self, executor: EnvExecutor, module: str | os.PathLike[str], name: str) -> None:
         self._executor = executor
         self._module = module
         self._name = name
@@ -590,7 +646,7 @@ class RemoteFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._executor.execute(self._module, self._name, args, kwargs)
 
-    def submit(self, *args: Any, **kwargs: Any) -> BayouFuture:
+    def submit(self, *args: Any, **kwargs: Any) -> BayouFuture[Any]:
         return self._executor.submit_call(self._module, self._name, args, kwargs)
 
     def __getattr__(self, name: str) -> RemoteFunction:

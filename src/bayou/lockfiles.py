@@ -34,10 +34,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlparse
 
 from .errors import SpecError
+
+if TYPE_CHECKING:
+    from .env import Env
 
 log = logging.getLogger("bayou.lockfiles")
 
@@ -311,7 +314,7 @@ def _conda_lock_spec(
     )
 
 
-def replace_locked(env: Any, changes: dict[str, Any]) -> Any:
+def replace_locked(env: Env, changes: dict[str, Any]) -> Env:
     """`Env.replace` of a locked env: the lock fixes the packages, so only the
     label, the variables and (pylock.toml) the Python it is installed for change."""
     allowed = {"name", "env_vars", "backend", "python"}
@@ -330,7 +333,7 @@ def replace_locked(env: Any, changes: dict[str, Any]) -> Any:
         )
     from .env import Env, normalize_python
 
-    lock = env.lock
+    lock = cast(LockedSpec, env.lock)  # a locked env has one
     if "python" in changes and changes["python"] != env.python:
         if lock.format != "pylock.toml":
             raise SpecError("the lock pins its own python", file=env.source, entry="python")

@@ -227,7 +227,8 @@ def encode_task(
     """(payload parts, descriptors) of a TASK: the envelope `worker.main` unpacks.
 
     `spin_after` asks the worker to poll for its next task before sleeping."""
-    desc = reply = None
+    desc: tuple[Any, ...] | None = None
+    reply: int | None = None
     inline: list = []
     places: tuple = ()
     fds: list[int] = []
@@ -332,5 +333,6 @@ def rebuild_exception(record: dict) -> BaseException:
     tb = _rebuild_traceback(record.get("tb"))
     if tb is not None:
         exc = exc.with_traceback(tb)
-    exc.__cause__ = _RemoteTraceback(f'\n"""\n{record["traceback"]}"""')
+    # typeshed says a TracebackType; CPython's own process.py passes the text, as here
+    exc.__cause__ = _RemoteTraceback(f'\n"""\n{record["traceback"]}"""')  # type: ignore[arg-type]
     return exc

@@ -22,7 +22,7 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .errors import SpecError
 from .lockfiles import LockedPackage, LockedSpec, digest_of
@@ -115,10 +115,10 @@ def pylock_spec(text: str, file: str | None, python: str | None, platform: str) 
 
 
 def _load_toml(text: str, file: str | None) -> dict[str, Any]:
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:
+        import tomli as tomllib
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -169,7 +169,7 @@ def allows(requires: Any, python: str) -> bool:
 def _marker_environment(python: str) -> dict[str, str]:
     from packaging.markers import default_environment
 
-    env = dict(default_environment())
+    env = cast("dict[str, str]", dict(default_environment()))  # all its values are strings
     xy = ".".join(python.split(".")[:2])
     env["python_version"] = xy
     if not env["python_full_version"].startswith(xy + "."):

@@ -141,7 +141,7 @@ def _env(
             file=source,
             line=_key_line(text, "dependencies", offset),
         )
-    lines: dict[str, int] = {}
+    lines: dict[str, int | None] = {}
     pip: list[str] = []
     for dep in dependencies:
         line = _value_line(text, dep, offset)

@@ -22,16 +22,17 @@ the line and the entry at fault.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 from .env import DEFAULT_CHANNELS, Env, normalize_conda_spec, normalize_pip_requirement
 from .errors import SpecError
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+else:
+    import tomli as tomllib
 
 
 def read_spec_file(
@@ -57,10 +58,10 @@ def read_spec_file(
             lock = lockfiles.read_conda_lock(path)
         else:
             lock = pylock.read_pylock(path, python)
-        name = path.parent.name or None
-        if name and lock.environment not in (None, "default"):
-            name += f"-{lock.environment}"
-        return Env._from_lock(lock, name=name, source=str(path))
+        label = path.parent.name or None
+        if label and lock.environment not in (None, "default"):
+            label += f"-{lock.environment}"
+        return Env._from_lock(lock, name=label, source=str(path))
     if kind == "pyproject.toml":
         from .pyproject import read_pyproject
 
@@ -321,13 +322,13 @@ def load_toml(text: str, source: str, offset: int = 0) -> dict[str, Any]:
 
 def pixi_dependencies(
     data: dict[str, Any], text: str, source: str, offset: int = 0, *, skip_local: bool = False
-) -> tuple[list[str], list[str], dict[str, int]]:
+) -> tuple[list[str], list[str], dict[str, int | None]]:
     """(conda specs, pip requirements, line of each) of pixi's dependency tables.
 
     `offset` is added to line numbers (a TOML block inside a script);
     `skip_local` leaves out path dependencies (a pyproject's own project)."""
     conda: list[str] = []
-    lines: dict[str, int] = {}
+    lines: dict[str, int | None] = {}
     for name, spec in data.get("dependencies", {}).items():
         line = _toml_line(text, name, offset)
         if isinstance(spec, dict):

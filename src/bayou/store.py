@@ -28,6 +28,7 @@ searched by `find` after this one and never written: see `shared_store`.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import fcntl
@@ -43,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EnvInUseError
-from .shared_store import STORE_PATH_VAR, SharedStoreError, hold_read_only, same_path, shared_roots
+from .shared_store import STORE_PATH_VAR, hold_read_only, same_path, shared_roots
+from .shared_store import SharedStoreError as SharedStoreError  # re-exported: raised here
 
 RECORD_DIR = ".bayou"
 RECORD_FILE = "record.json"
@@ -158,7 +160,8 @@ class Store:
         """The record of a published env, or None (never a partial env)."""
         try:
             with open(self.env_dir(env_hash) / RECORD_DIR / RECORD_FILE) as fh:
-                return json.load(fh)
+                record: dict[str, Any] = json.load(fh)
+                return record
         except (FileNotFoundError, NotADirectoryError):
             return None
         except (OSError, ValueError):
@@ -200,7 +203,7 @@ class Store:
 
     def list(self) -> list[StoredEnv]:
         """Published envs, most recently used first."""
-        found = []
+        found: list[StoredEnv] = []
         if not self.envs_dir.is_dir():
             return found
         for child in self.envs_dir.iterdir():
@@ -212,7 +215,7 @@ class Store:
 
     # -- shared stores ----------------------------------------------------------------
 
-    def shared_stores(self) -> list[Store]:
+    def shared_stores(self) -> builtins.list[Store]:
         """The `$BAYOU_STORE_PATH` stores searched after this one (none after a shared one)."""
         if self.shared:
             return []
@@ -408,7 +411,7 @@ class Store:
         max_size: int | None = None,
         *,
         dry_run: bool = False,
-    ) -> list[StoredEnv]:
+    ) -> builtins.list[StoredEnv]:
         """Evict envs unused for `max_age` seconds, then the least recently
         used until the envs fit in `max_size` bytes. Returns what was evicted.
         Only this store's envs: the shared stores are never collected."""
@@ -441,7 +444,7 @@ class Store:
         return removed
 
     @classmethod
-    def containing(cls, prefix: str | os.PathLike) -> Store | None:
+    def containing(cls, prefix: str | os.PathLike[str]) -> Store | None:
         """The store a published env's prefix lives in, or None (not one of ours);
         opened as shared when it is one of `$BAYOU_STORE_PATH`'s (and not the
         primary store)."""

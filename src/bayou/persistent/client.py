@@ -160,6 +160,7 @@ def _spawn_host(
             close_fds=True,
             env=environ,
         )
+    assert proc.stdin is not None and proc.stdout is not None  # both PIPEs
     try:
         proc.stdin.write(pickle.dumps(config, 5))
         proc.stdin.close()

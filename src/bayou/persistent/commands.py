@@ -140,8 +140,8 @@ def cmd_debug(args: argparse.Namespace) -> int:
         if not targets:
             print("no debug workers (start an executor with debug=True)")
             return 0
-        for debug_id, workers in targets.items():
-            ports = ", ".join(f"pid {w['pid']} on {w['host']}:{w['port']}" for w in workers)
+        for debug_id, listening in targets.items():
+            ports = ", ".join(f"pid {w['pid']} on {w['host']}:{w['port']}" for w in listening)
             print(f"{debug_id}: {ports}")
         return 0
     workers = targets.get(args.name)

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import connection
+from multiprocessing import AuthenticationError, connection
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ def portable_result(status: int, data: Any) -> Any:
     return data
 
 
-class RelayFuture(BayouFuture):
+class RelayFuture(BayouFuture[Any]):
     """The host-side future of one client task: its state changes go to the client."""
 
     def __init__(self, session: Session, task_id: int) -> None:
@@ -166,7 +166,7 @@ class Session:
             connection.deliver_challenge(self.conn, key)
             connection.answer_challenge(self.conn, key)
             kind, hello = self.conn.recv()
-        except (connection.AuthenticationError, EOFError, OSError, ValueError, TypeError):
+        except (AuthenticationError, EOFError, OSError, ValueError, TypeError):
             logger.warning("rejected a connection that failed authentication")
             with contextlib.suppress(OSError):
                 self.conn.close()
@@ -194,6 +194,7 @@ class Session:
             with self.lock:
                 item = self.items.get(task_id)
             if item is not None:
+                assert self.host.pool is not None  # clients attach once the pool started
                 self.host.pool.cancel(item, grace)
         elif kind == "info":
             self.post(("info", self.host.info()))
@@ -205,6 +206,7 @@ class Session:
     def _submit(self, task_id, call_kind, fn_record, args_blob, roots, label, buffers) -> None:
         fut = RelayFuture(self, task_id)
         pool = self.host.pool
+        assert pool is not None  # clients attach once the pool started
         item = WorkItem(
             future=fut,
             call_kind=call_kind,
@@ -218,7 +220,7 @@ class Session:
         fut.add_progress_callback(
             lambda f, p: self.post(("progress", task_id, p.done, p.total, p.message))
         )
-        fut.add_done_callback(self._done)
+        fut.add_done_callback(self._done)  # type: ignore[arg-type]  # called with `fut` itself
         try:
             if buffers:  # the client's big argument buffers (bytes): into our shared memory
                 views = [memoryview(b) for b in buffers]
@@ -260,6 +262,7 @@ class Session:
             )
             for item in leftovers:
                 with contextlib.suppress(Exception):
+                    assert self.host.pool is not None
                     self.host.pool.cancel(item, 1.0)
         if self.client_pid is not None:
             logger.info("client pid %s detached (session %d)", self.client_pid, self.number)
@@ -345,9 +348,10 @@ class Host:
 
     def _warm_up(self) -> None:
         """Start every worker now (and fail here, not in a client, if they cannot start)."""
+        assert self.pool is not None  # `start` made it
         futures = []
         for _ in range(self.pool.max_workers):
-            fut = BayouFuture()
+            fut: BayouFuture[Any] = BayouFuture()
             item = WorkItem(
                 future=fut,
                 call_kind=wire.CALL,
@@ -364,6 +368,7 @@ class Host:
     # -- state shown to clients and in the registry ------------------------------------
 
     def welcome(self) -> dict:
+        assert self.pool is not None  # clients attach once the pool started
         return {
             "name": self.name,
             "environment": self.environment,
@@ -380,6 +385,7 @@ class Host:
 
     def _entry_data(self) -> dict:
         env = self.environment
+        assert self.pool is not None  # the entry is written once the pool started
         try:
             pids = sorted(self.pool.processes)
         except RuntimeError:  # changed while we looked: next time
@@ -419,6 +425,7 @@ class Host:
     def serve(self) -> None:
         threading.Thread(target=self._accept_loop, name="bayou-host-accept", daemon=True).start()
         next_prune = 0.0
+        assert self.pool is not None  # `start` made it
         while not self.stop_event.wait(ENTRY_INTERVAL):
             if self.pool.broken:
                 self.request_stop(f"the pool broke: {self.pool.broken}")
@@ -434,6 +441,7 @@ class Host:
                 next_prune = time.monotonic() + PRUNE_INTERVAL
 
     def _accept_loop(self) -> None:
+        assert self.listener is not None  # `start` made it
         while not self.stop_event.is_set():
             try:
                 conn = self.listener.accept()

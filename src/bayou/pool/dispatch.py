@@ -49,7 +49,7 @@ import enum
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from .. import errors
 
@@ -111,16 +111,19 @@ class Worker:
         return self.phase in (Phase.EXITING, Phase.DEAD)
 
 
+W = TypeVar("W", bound=Worker)  # the supervisor's workers: `Worker`s with their I/O
+
+
 @dataclass
-class Plan:
+class Plan(Generic[W]):
     """Tasks to send to workers now, and whether to start workers."""
 
-    sends: list[tuple[Worker, Any]] = field(default_factory=list)
+    sends: list[tuple[W, Any]] = field(default_factory=list)
     spawn: bool = False
 
 
 @dataclass
-class Exit:
+class Exit(Generic[W]):
     """What a worker's death means."""
 
     item: Any = None  # the task it held
@@ -128,7 +131,7 @@ class Exit:
     error: BaseException | None = None  # for failed (and the retry's log line)
     start_failed: bool = False  # too many workers died before READY: break the pool
     keep_logs: bool = False  # something went wrong: keep the workers' logs
-    plan: Plan = field(default_factory=Plan)
+    plan: Plan[W] = field(default_factory=Plan)
 
 
 @dataclass
@@ -145,15 +148,15 @@ class Limits:
     spin: float = 0.0
 
 
-class Dispatch:
+class Dispatch(Generic[W]):
     """Queues, workers and the rules between them (see the module docstring)."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.pending: collections.deque[Any] = collections.deque()
         self.ready: collections.deque[Any] = collections.deque()  # handed over
-        self.workers: list[Worker] = []
-        self.idle: list[Worker] = []
+        self.workers: list[W] = []
+        self.idle: list[W] = []
         self.broken: str | None = None
         self.shutdown_requested = False
         self.start_failures = 0
@@ -161,14 +164,14 @@ class Dispatch:
 
     # -- events ----------------------------------------------------------------
 
-    def submit(self, item: Any, now: float) -> Plan:
+    def submit(self, item: Any, now: float) -> Plan[W]:
         self.pending.append(item)
         return self._plan(now)
 
-    def spawned(self, w: Worker) -> None:
+    def spawned(self, w: W) -> None:
         self.workers.append(w)
 
-    def ready_worker(self, w: Worker, now: float) -> Plan:
+    def ready_worker(self, w: W, now: float) -> Plan[W]:
         w.ready_at = now
         self.start_failures = self.start_kills = 0
         if w.phase is Phase.STARTING:
@@ -176,7 +179,7 @@ class Dispatch:
             self.idle.append(w)
         return self._plan(now)
 
-    def result(self, w: Worker, now: float, over_memory: bool) -> tuple[bool, Plan]:
+    def result(self, w: W, now: float, over_memory: bool) -> tuple[bool, Plan[W]]:
         """`w` answered its task: (retire it?, what follows)."""
         w.item.worker = None
         w.item = None
@@ -191,7 +194,7 @@ class Dispatch:
             self.idle.append(w)
         return retire, self._plan(now)
 
-    def retire(self, w: Worker, now: float) -> None:
+    def retire(self, w: W, now: float) -> None:
         if w in self.idle:
             self.idle.remove(w)
         if not w.exiting:
@@ -200,14 +203,14 @@ class Dispatch:
 
     def exited(
         self,
-        w: Worker,
+        w: W,
         rc: int,
         now: float,
         error_for: Callable[[Any], tuple[BaseException, bool]],
-    ) -> Exit:
+    ) -> Exit[W]:
         """`w` is gone with exit code `rc`; `error_for(item)` is (the error its death
         stands for, whether that allows a retry)."""
-        out = Exit()
+        out: Exit[W] = Exit()
         w.phase = Phase.DEAD
         self.workers.remove(w)
         if w in self.idle:
@@ -245,7 +248,7 @@ class Dispatch:
         out.plan.spawn = out.plan.spawn and not out.start_failed
         return out
 
-    def cancel(self, item: Any, now: float, grace: float) -> Worker | str:
+    def cancel(self, item: Any, now: float, grace: float) -> W | str:
         """`bayou.cancel`: "dropped" (it was queued), "done" (too late), or the worker
         to ask to stop (it is killed when `grace` runs out)."""
         if item.future.done():
@@ -265,9 +268,7 @@ class Dispatch:
             w.cancel_deadline = deadline
         return w
 
-    def shutdown(
-        self, cancel_futures: bool, now: float
-    ) -> tuple[list[Any], list[tuple[Worker, int]]]:
+    def shutdown(self, cancel_futures: bool, now: float) -> tuple[list[Any], list[tuple[W, int]]]:
         """(queued items to cancel, (worker, task id) to ask to stop)."""
         self.shutdown_requested = True
         if not cancel_futures:
@@ -277,7 +278,7 @@ class Dispatch:
         deadline = now + SHUTDOWN_GRACE
         for item in self.ready:
             item.stop_requested = True
-        notify = []
+        notify: list[tuple[W, int]] = []
         for w in self.workers:
             item = w.item
             if item is not None and not item.stop_requested:
@@ -287,7 +288,7 @@ class Dispatch:
                 notify.append((w, item.task_id))
         return cancelled, notify
 
-    def finish(self, now: float) -> tuple[list[Worker], bool]:
+    def finish(self, now: float) -> tuple[list[W], bool]:
         """During shutdown: (workers to stop now, whether no worker is left)."""
         if not self.shutdown_requested:
             return [], False
@@ -298,7 +299,7 @@ class Dispatch:
             self.retire(w, now)
         return to_stop, not self.workers
 
-    def break_pool(self, message: str) -> tuple[list[Any], list[Worker]]:
+    def break_pool(self, message: str) -> tuple[list[Any], list[W]]:
         """The pool is unusable: (queued items to fail, workers to kill); None when it
         was broken already."""
         if self.broken is not None:
@@ -312,16 +313,16 @@ class Dispatch:
     def timers(
         self,
         now: float,
-        memory: Callable[[Worker], int],
-        answered: Callable[[Worker], bool],
-    ) -> tuple[list[tuple[Worker, Reason]], float]:
+        memory: Callable[[W], int],
+        answered: Callable[[W], bool],
+    ) -> tuple[list[tuple[W, Reason]], float]:
         """Every deadline: (workers to kill and why, when to look again).
 
         When the memory cap is due to be checked, `memory(w)` measures a busy
         worker's RSS, and `answered(w)` says whether its result is already
         waiting to be read (a task that finished is not killed)."""
         limits = self.limits
-        kills: list[tuple[Worker, Reason]] = []
+        kills: list[tuple[W, Reason]] = []
         nearest = now + MAX_SELECT
         ht, tt = limits.heartbeat_timeout, limits.task_timeout
         for w in self.workers:
@@ -376,7 +377,7 @@ class Dispatch:
 
     # -- scheduling ----------------------------------------------------------------
 
-    def _plan(self, now: float) -> Plan:
+    def _plan(self, now: float) -> Plan[W]:
         return Plan(self._assign(now), self._spawn_needed())
 
     def _fill_ready(self) -> None:
@@ -393,8 +394,8 @@ class Dispatch:
             self.ready.append(item)
             room -= 1
 
-    def _assign(self, now: float) -> list[tuple[Worker, Any]]:
-        out = []
+    def _assign(self, now: float) -> list[tuple[W, Any]]:
+        out: list[tuple[W, Any]] = []
         self._fill_ready()
         while self.ready and self.idle:
             item = self.ready.popleft()

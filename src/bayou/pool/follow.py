@@ -83,7 +83,7 @@ def _follow(pool: Pool, w: WorkerHandle, item: WorkItem, deadline, held) -> None
             if item.worker is not w or sock is None or w.dead or w.exiting:
                 return
             try:
-                pool._selector.unregister(sock)
+                pool.selector.unregister(sock)
             except (KeyError, ValueError, OSError):
                 return  # closing, or not registered (yet): the supervisor reads
             try:
@@ -91,7 +91,7 @@ def _follow(pool: Pool, w: WorkerHandle, item: WorkItem, deadline, held) -> None
             finally:
                 if w.sock is sock and not w.dead:
                     try:
-                        pool._selector.register(sock, selectors.EVENT_READ, w.sock_data)
+                        pool.selector.register(sock, selectors.EVENT_READ, w.sock_data)
                     except (KeyError, ValueError, OSError):
                         pass  # the pool is closing
         finally:

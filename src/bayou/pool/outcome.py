@@ -50,6 +50,7 @@ def settle(item: Any, status: int, data: Any, environment: Environment | None) -
     elif isinstance(data, BaseException):
         set_exception(fut, data)
     else:
+        assert failure is not None  # an error record: made into `failure` above
         set_exception(fut, failure)
 
 

@@ -41,6 +41,7 @@ def start(cmd: list[str], environ: dict[str, str], key: bytes) -> subprocess.Pop
         start_new_session=True,
         close_fds=True,
     )
+    assert popen.stdin is not None  # stdin=PIPE
     try:
         popen.stdin.write(key)
         popen.stdin.close()

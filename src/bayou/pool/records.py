@@ -6,9 +6,11 @@ that go with it), and the two timing settings both ends of a worker share.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,14 +113,14 @@ class WorkerHandle(Worker):
         self.popen = popen
         self.pid = popen.pid
         self.process = WorkerProcess(popen)
-        self.sock = None
+        self.sock: socket.socket | None = None
         self.reader: wire.FrameReader | None = None
         self.send_lock = threading.Lock()
         # Whoever reads `sock` holds this: the supervisor (briefly, per event) or a
         # caller thread waiting for this worker's result (`Pool.follow`).
         self.read_lock = threading.Lock()
         self.sock_data = ("sock", self)  # its selector key's data, the same across re-registers
-        self.psutil_process = None
+        self.psutil_process: Any = None  # psutil.Process, made when first measured
         self.pidfd: int | None = None
         self.output = output
         self.version = environment.python_version
@@ -127,7 +129,7 @@ class WorkerHandle(Worker):
     def describe(self) -> str:
         return f"worker {self.slot} (pid {self.pid}, env {self.env_hash}, Python {self.version})"
 
-    def send(self, kind: int, payload: bytes | list = b"", fds: list[int] = ()) -> bool:
+    def send(self, kind: int, payload: bytes | list = b"", fds: Sequence[int] = ()) -> bool:
         with self.send_lock:
             if self.sock is None:
                 return False

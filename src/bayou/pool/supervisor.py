@@ -135,7 +135,7 @@ class Pool:
         self.processes: dict[int, WorkerProcess] = {}
         self._pid = os.getpid()  # a forked child has a copy of this pool, not its workers
         # every decision: queues, workers' phases, deadlines (under self._lock)
-        self.dispatch = Dispatch(
+        self.dispatch: Dispatch[WorkerHandle] = Dispatch(
             Limits(
                 max_workers=max_workers,
                 max_tasks_per_child=max_tasks_per_child,
@@ -164,6 +164,22 @@ class Pool:
         self._runtime_dir = ""
         # big argument and result buffers (bayou.shm); None where memfds do not exist
         self.segments: shm.SegmentPool | None = shm.SegmentPool() if shm.ENABLED else None
+
+    # set by `_ensure_started`, before the supervisor's loop or any worker exists
+    @property
+    def selector(self) -> selectors.BaseSelector:
+        assert self._selector is not None, "the pool is not started"
+        return self._selector
+
+    @property
+    def listener(self) -> protocol.Listener:
+        assert self._listener is not None, "the pool is not started"
+        return self._listener
+
+    @property
+    def handshakes(self) -> Handshakes:
+        assert self._handshakes is not None, "the pool is not started"
+        return self._handshakes
 
     @property
     def broken(self) -> str | None:
@@ -223,7 +239,7 @@ class Pool:
             decision = self.dispatch.cancel(item, time.monotonic(), grace)
         if decision == "done":
             return False
-        if decision == "dropped":
+        if isinstance(decision, str):  # "dropped"
             item.release()
             end_cancelled(fut)
             return True
@@ -329,7 +345,7 @@ class Pool:
         try:
             timeout = 0.0
             while True:
-                for key, _ in self._selector.select(timeout):
+                for key, _ in self.selector.select(timeout):
                     self._dispatch(key)
                 self._run_calls()
                 timeout = self._check_timers()
@@ -428,7 +444,7 @@ class Pool:
         # One select() batch can hold events of a worker that an earlier event of
         # the same batch already closed (pidfd, then its socket or pipes); its fd
         # number may even belong to a new worker by now. Skip such stale events.
-        current = self._selector.get_map().get(key.fd)
+        current = self.selector.get_map().get(key.fd)
         if current is None or current.data is not data:
             return
         tag = data[0]
@@ -445,13 +461,13 @@ class Pool:
             except BlockingIOError:
                 pass
         elif tag == "listen":
-            self._handshakes.accept()
+            self.handshakes.accept()
         elif tag == "conn":
             self._on_handshake(key.fileobj)
 
     def _on_handshake(self, conn) -> None:
         """A connection not yet authenticated sent something (`connection.Handshakes`)."""
-        verified = self._handshakes.on_data(conn)
+        verified = self.handshakes.on_data(conn)
         if verified is None:
             return
         conn, worker_nonce, worker_id, info = verified
@@ -474,9 +490,9 @@ class Pool:
         worker.version = ".".join(map(str, info["version"]))
         worker.sock, worker.reader = conn, wire.FrameReader()
         worker.last_seen = time.monotonic()
-        self._selector.register(conn, selectors.EVENT_READ, worker.sock_data)
+        self.selector.register(conn, selectors.EVENT_READ, worker.sock_data)
         try:
-            protocol.welcome(conn, self._listener.key, worker_nonce, self._worker_config())
+            protocol.welcome(conn, self.listener.key, worker_nonce, self._worker_config())
         except OSError:
             pass  # it died; EOF follows
 
@@ -511,6 +527,7 @@ class Pool:
 
     def _receive(self, w: WorkerHandle, sock, settles: list | None = None) -> bool:
         """One receive from `w` (its `read_lock` held), its frames handled; False on EOF."""
+        assert w.reader is not None  # it authenticated: its socket has a reader
         try:
             alive = w.reader.feed_from(sock)
         except OSError:
@@ -522,13 +539,15 @@ class Pool:
     def _frames(self, w: WorkerHandle, settles: list | None = None) -> None:
         """Handle the frames read from `w`; results are settled at once, or appended
         to `settles` as `_complete` arguments (a follower settles after it let go)."""
+        assert w.reader is not None
         frames = w.reader.frames
         while frames and not w.dead:
             kind, payload = frames.popleft()
             if kind == wire.RESULT:
                 self._on_result(w, payload, [], settles)
             elif kind == wire.RESULT_FDS:
-                self._on_result(w, *payload, settles)
+                body, fds = payload
+                self._on_result(w, body, fds, settles)
             elif kind == wire.HEARTBEAT:
                 pass
             elif kind == wire.PROGRESS:
@@ -629,20 +648,21 @@ class Pool:
         used = {w.slot for w in self._workers}
         slot = next(i for i in itertools.count() if i not in used)
         worker_id = next(self._worker_ids)
-        cmd = [*self._command, self._listener.path, str(worker_id), str(os.getpid())]
+        cmd = [*self._command, self.listener.path, str(worker_id), str(os.getpid())]
         try:
-            popen = process.start(cmd, self._environ, self._listener.key)
+            popen = process.start(cmd, self._environ, self.listener.key)
         except OSError as exc:
             self._break(f"cannot start a worker with {self.environment.python}: {exc}", exc)
             return False
         output = WorkerOutput(self.output, self._logs, self.environment.hash, slot, popen.pid)
         w = WorkerHandle(slot, worker_id, popen, output, self.environment)
         for tag, stream in (("out", popen.stdout), ("err", popen.stderr)):
+            assert stream is not None  # stdout=PIPE, stderr=PIPE
             os.set_blocking(stream.fileno(), False)
-            self._selector.register(stream, selectors.EVENT_READ, (tag, w))
+            self.selector.register(stream, selectors.EVENT_READ, (tag, w))
         w.pidfd = process.open_pidfd(popen.pid)
         if w.pidfd is not None:
-            self._selector.register(w.pidfd, selectors.EVENT_READ, ("pidfd", w))
+            self.selector.register(w.pidfd, selectors.EVENT_READ, ("pidfd", w))
         with self._lock:
             self.dispatch.spawned(w)
             self.processes[w.pid] = w.process
@@ -683,7 +703,7 @@ class Pool:
             return
         w.output.finish(tag)
         try:
-            self._selector.unregister(stream)
+            self.selector.unregister(stream)
         except (KeyError, ValueError):
             pass
         stream.close()
@@ -712,13 +732,13 @@ class Pool:
                 self._read_last_frames(w)
             w.phase = Phase.DEAD
         if w.pidfd is not None:
-            self._selector.unregister(w.pidfd)
+            self.selector.unregister(w.pidfd)
             os.close(w.pidfd)
             w.pidfd = None
         with w.send_lock:
             if w.sock is not None:
                 try:
-                    self._selector.unregister(w.sock)
+                    self.selector.unregister(w.sock)
                 except (KeyError, ValueError):
                     pass
                 w.sock.close()
@@ -761,11 +781,13 @@ class Pool:
             end_cancelled(end.item.future)
         elif end.fate == "failed":
             end.item.release()
+            assert end.error is not None  # a failed task has its error
             set_exception(end.item.future, end.error)
 
     def _read_last_frames(self, w: WorkerHandle) -> None:
         """Handle what a dead worker sent before dying: its pidfd may be seen before
         its socket, and a RESULT already sent must not turn into a crash (or a re-run)."""
+        assert w.sock is not None and w.reader is not None  # `_on_exit` checked
         try:
             w.sock.setblocking(False)
             while w.reader.feed_from(w.sock):
@@ -791,7 +813,7 @@ class Pool:
         """Enforce every deadline (`dispatch.timers`); how long the selector may sleep."""
         if self.segments is not None:
             self.segments.trim()
-        self._handshakes.expire(time.monotonic())
+        self.handshakes.expire(time.monotonic())
         for w in list(self.dispatch.workers):
             if not w.exiting and w.pidfd is None and w.popen.poll() is not None:
                 self._on_exit(w)  # no pidfd on this platform: poll

@@ -40,10 +40,14 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ProvisionError, ProvisionTimeout
 from ..store import Store
 from .tools import Deadline, offline_requested
+
+if TYPE_CHECKING:
+    import requests
 
 DEFAULT_MIRROR = "https://github.com"
 DEFAULT_VERSIONS = {"micromamba": "2.3.0-1", "pixi": "v0.66.0"}
@@ -161,7 +165,7 @@ def _fetch_locked(release: Release, store: Store, deadline: Deadline, target: Pa
     return target
 
 
-def _expected_digest(session, release: Release, deadline: Deadline) -> str:
+def _expected_digest(session: requests.Session, release: Release, deadline: Deadline) -> str:
     pinned = os.environ.get(f"BAYOU_{release.tool.upper()}_SHA256")
     if pinned:
         if not _HEX64.fullmatch(pinned.strip()):
@@ -181,7 +185,7 @@ def _expected_digest(session, release: Release, deadline: Deadline) -> str:
 
 
 def _download(
-    session, url: str, deadline: Deadline, limit: int | None = None
+    session: requests.Session, url: str, deadline: Deadline, limit: int | None = None
 ) -> tuple[bytes, str]:
     """GET `url` into memory, hashing as it arrives; returns (bytes, sha256 hex)."""
     import requests

@@ -153,7 +153,7 @@ def solve_and_install(
     if backend not in EXTERNAL:
         raise ValueError(f"not an external backend: {backend!r}")
 
-    def emit(stage: str, done: int | None = None, total: int | None = None, msg: str = ""):
+    def emit(stage: str, done: int | None = None, total: int | None = None, msg: str = "") -> None:
         on_event(
             {"event": "progress", "stage": stage, "done": done, "total": total, "message": msg}
         )

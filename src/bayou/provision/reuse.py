@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import sys
 from importlib import metadata
+from typing import cast
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
@@ -74,9 +75,9 @@ def _unmet(
     seen: set[tuple[str, str]],
 ) -> str | None:
     if req.marker is not None:
-        environment = default_environment()
+        environment = cast("dict[str, str]", default_environment())  # a TypedDict, no "extra"
         environment["extra"] = extra
-        if not req.marker.evaluate(environment):  # type: ignore[arg-type]
+        if not req.marker.evaluate(environment):
             return None
     name = canonicalize_name(req.name)
     if req.url:

@@ -26,6 +26,7 @@ import base64
 import csv
 import hashlib
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def damaged(
     not match its RECORD entry; empty when all match or mode is "skip"."""
     if mode == "skip":
         return []
-    todo = []
+    todo: list[tuple[str, str, Path, str, int | None]] = []
     for package in packages:
         record = _record_of(site_dirs, package["name"], package["version"])
         if record is None:
@@ -62,7 +63,7 @@ def damaged(
         for path, digest, size in _entries(record):
             todo.append((package["name"], path, record.parent.parent / path, digest, size))
 
-    def check(item: tuple) -> tuple[str, str, str] | None:
+    def check(item: tuple[str, str, Path, str, int | None]) -> tuple[str, str, str] | None:
         name, path, full_path, digest, size = item
         problem = _check(full_path, digest, size, mode)
         return (name, path, problem) if problem else None
@@ -83,7 +84,7 @@ def _record_of(site_dirs: list[Path], name: str, version: str) -> Path | None:
     return None
 
 
-def _entries(record: Path):
+def _entries(record: Path) -> Iterator[tuple[str, str, int | None]]:
     with open(record, newline="", encoding="utf-8") as fh:
         for row in csv.reader(fh):
             if len(row) < 3 or not row[1].startswith("sha256="):

@@ -37,8 +37,8 @@ from . import mainscript, names, shm, wire
 PROTOCOL = min(5, pickle.HIGHEST_PROTOCOL)
 _VENDOR_CP = names.vendored("cloudpickle")
 _cloudpickle = None
-_fn_cache = {}
-_added_roots = set()
+_fn_cache: dict[bytes, object] = {}
+_added_roots: set[str] = set()
 
 
 def cloudpickle():

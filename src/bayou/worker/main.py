@@ -38,6 +38,10 @@ import time
 
 from . import codec, context, shm, wire
 
+TYPE_CHECKING = False  # typing is not imported at run time: the worker starts fast
+if TYPE_CHECKING:
+    from typing import Any
+
 TICK = 0.1
 
 
@@ -49,9 +53,9 @@ class Channel:
         self.reader = wire.FrameReader()
         self.send_lock = threading.Lock()
         self.read_lock = threading.Lock()
-        self.stash = collections.deque()
+        self.stash: collections.deque[tuple[int, Any]] = collections.deque()
         self.spin = 0.0  # s `next_task` polls before sleeping (the caller's setting)
-        self.poller = None
+        self.poller: select.poll | None = None
 
     def set_spin(self, seconds) -> None:
         if seconds and hasattr(select, "poll"):
@@ -194,7 +198,8 @@ def _configure(config, runtime_dir) -> None:
         debughook.start(config["debug"])
 
 
-_released = []  # ids of the caller's args segments no longer mapped here (weakref callbacks)
+# ids of the caller's args segments no longer mapped here (weakref callbacks)
+_released: list[int] = []
 _segment_name = "bayou"
 
 
@@ -394,7 +399,7 @@ def main(argv=None) -> None:
     key = _read_key()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.reconfigure(line_buffering=True)
+            stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # or fails below
         except Exception:
             pass
     faulthandler.enable()

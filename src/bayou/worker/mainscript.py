@@ -26,10 +26,11 @@ import importlib.util
 import linecache
 import os
 import sys
+import types
 
 from . import names
 
-_modules = {}  # (kind, where) -> the imported script
+_modules: dict[tuple[str, str], types.ModuleType] = {}  # (kind, where) -> the imported script
 _current = None  # (kind, where) of the task being loaded
 
 

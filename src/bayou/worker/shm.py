@@ -46,7 +46,8 @@ if (
 ):
     MAP_POPULATE = 0x8000
 
-_refs = set()  # weak references with release callbacks, kept alive here
+# weak references with release callbacks, kept alive here
+_refs: set[weakref.ref[mmap.mmap]] = set()
 
 
 def segment_name(caller_pid: int) -> str:

@@ -46,6 +46,10 @@ import socket
 import struct
 import time
 
+TYPE_CHECKING = False  # typing is not imported at run time: the worker starts fast
+if TYPE_CHECKING:
+    from typing import Any
+
 HEADER = struct.Struct("!QB")
 META = struct.Struct("!I")
 ALIGN = 16
@@ -254,13 +258,14 @@ class FrameReader:
     """
 
     def __init__(self) -> None:
-        self.frames = collections.deque()
+        self.frames: collections.deque[tuple[int, Any]] = collections.deque()
         self._buf = bytearray()
         # received into, then copied: `recv(n)` would allocate n bytes per call, and
         # a large allocation is an mmap/munmap pair (about 100 us per small frame)
         self._landing = memoryview(bytearray(_LANDING_SIZE))
-        self._big = None  # [kind, bytearray body, bytes filled]
-        self._fds = collections.deque()  # batches received, not yet given to a frame
+        self._big: list[Any] | None = None  # [kind, bytearray body, bytes filled]
+        # batches received, not yet given to a frame
+        self._fds: collections.deque[list[int]] = collections.deque()
 
     def feed_from(self, sock) -> bool:
         """Receive once; False on end of stream."""
@@ -289,7 +294,7 @@ class FrameReader:
         return True
 
     def _take_fds(self, ancillary, flags) -> None:
-        fds = []
+        fds: list[int] = []
         for level, kind, data in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 a = array.array("i")
