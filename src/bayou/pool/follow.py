@@ -22,7 +22,6 @@ its loop had raised it (`Pool._crashed`).
 from __future__ import annotations
 
 import functools
-import os
 import select
 import selectors
 import threading
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from .. import interrupts
 from ..worker import wire
+from . import lifetime
 
 if TYPE_CHECKING:
     from .records import WorkerHandle, WorkItem
@@ -56,9 +56,9 @@ def follow(pool: Pool, item: WorkItem, timeout: float | None) -> float | None:
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     w = item.worker
-    if w is None or w.dead or w.exiting or threading.current_thread() is pool.thread:
+    if w is None or w.exiting or threading.current_thread() is pool.thread:
         return timeout
-    if os.getpid() != pool._pid:
+    if lifetime.pid != pool._pid:
         return timeout
     held = interrupts.HeldInterrupts()  # Ctrl-C waits until our bookkeeping is whole
     held.hold()
@@ -80,7 +80,7 @@ def _follow(pool: Pool, w: WorkerHandle, item: WorkItem, deadline, held) -> None
     try:
         try:
             sock = w.sock
-            if item.worker is not w or sock is None or w.dead or w.exiting:
+            if item.worker is not w or sock is None or w.exiting:
                 return
             try:
                 pool.selector.unregister(sock)
@@ -106,7 +106,7 @@ def _follow(pool: Pool, w: WorkerHandle, item: WorkItem, deadline, held) -> None
     finally:
         with pool._lock:
             pool._following -= 1
-        if pool._shutdown:
+        if pool.dispatch.shutdown_requested:
             pool._wake()
 
 
@@ -149,7 +149,7 @@ def _read_as_follower(
             return
         finally:
             held.polling = False
-        if w.exiting or w.dead:
+        if w.exiting:
             return
         if not any(fd == sock_fd for fd, _ in events):
             if events:

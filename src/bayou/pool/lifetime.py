@@ -33,6 +33,7 @@ class _Stoppable(Protocol):
 
 _live: weakref.WeakSet[_Stoppable] = weakref.WeakSet()
 _exiting = False
+pid = os.getpid()  # this process's, kept current across forks (getpid is a system call)
 
 
 def register(pool: _Stoppable) -> None:
@@ -61,8 +62,9 @@ def _python_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _live
+    global _live, pid
     _live = weakref.WeakSet()
+    pid = os.getpid()
 
 
 if hasattr(os, "register_at_fork"):

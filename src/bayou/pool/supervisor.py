@@ -204,7 +204,7 @@ class Pool:
     def submit(self, item: WorkItem) -> None:
         if lifetime.stopping():
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-        if os.getpid() != self._pid:
+        if lifetime.pid != self._pid:
             raise RuntimeError(
                 f"this executor was created in process {self._pid}, and process "
                 f"{os.getpid()} is a fork of it: its workers and supervisor thread belong to "
@@ -212,9 +212,9 @@ class Pool:
             )
         self._ensure_started()
         with self._lock:
-            if self.broken is not None:
-                raise BrokenProcessPool(self.broken)
-            if self._shutdown:
+            if self.dispatch.broken is not None:
+                raise BrokenProcessPool(self.dispatch.broken)
+            if self.dispatch.shutdown_requested:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             item.task_id = next(self._task_ids)
             # weak references: the future must not keep its item (and the pool's
@@ -233,7 +233,7 @@ class Pool:
     def cancel(self, item: WorkItem, grace: float) -> bool:
         """`bayou.cancel`: drop a queued task, or ask a running one to stop then kill."""
         fut = item.future
-        if os.getpid() != self._pid:
+        if lifetime.pid != self._pid:
             return False  # the parent's task, on the parent's worker
         with self._lock:
             decision = self.dispatch.cancel(item, time.monotonic(), grace)
@@ -262,7 +262,7 @@ class Pool:
         keeps its outcome, one still running then is killed and its future
         ends cancelled.
         """
-        if os.getpid() != self._pid:
+        if lifetime.pid != self._pid:
             return  # a forked child's copy: the parent's workers are not ours to stop
         with self._lock:
             cancelled, notify = self.dispatch.shutdown(cancel_futures, time.monotonic())
@@ -541,7 +541,7 @@ class Pool:
         to `settles` as `_complete` arguments (a follower settles after it let go)."""
         assert w.reader is not None
         frames = w.reader.frames
-        while frames and not w.dead:
+        while frames and w.phase is not Phase.DEAD:
             kind, payload = frames.popleft()
             if kind == wire.RESULT:
                 self._on_result(w, payload, [], settles)
