@@ -373,3 +373,26 @@ def test_offline_install_names_a_package_the_cache_lacks_instead_of_downloading(
     (tmp_path / "conda" / "zlibx-1.0-h0_0" / "info").mkdir(parents=True)
     (tmp_path / "conda" / "zlibx-1.0-h0_0" / "info" / "index.json").write_text("{}")
     assert rattler_child._uncached([remote], str(tmp_path / "conda")) is None
+
+
+@pytest.mark.slow
+def test_offline_locked_conda_env_names_an_uncached_package_at_once(
+    conda_cached, tmp_path, monkeypatch
+):
+    """A lock whose packages live on a remote channel, none of them cached: offline, the
+    first one is named before the installer would try (and retry) to download it."""
+    text = (conda_cached.online.prefix / ".bayou" / "conda-lock.yml").read_text()
+    remote = "http://127.0.0.1:9/channel"  # nothing listens there
+    local = str(conda_cached.channel)  # the channel's URL, and its packages' paths
+    assert local in text
+    lock = tmp_path / "pixi.lock"
+    lock.write_text(text.replace(conda_cached.channel.as_uri(), remote).replace(local, remote))
+    monkeypatch.setenv("BAYOU_PKGS_DIR", str(tmp_path / "empty-pkgs"))
+    home = fresh_store(tmp_path, "fresh", monkeypatch)
+    with pytest.raises(ProvisionError) as info:
+        bayou.provision(Env.from_file(lock), offline=True)
+    message = str(info.value)
+    assert "is not in the package cache" in message
+    assert f"offline it is not downloaded from {remote}/" in message
+    assert info.value.package
+    assert not (home / "envs").exists() or list((home / "envs").iterdir()) == []

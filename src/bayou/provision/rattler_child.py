@@ -473,6 +473,8 @@ async def _install_locked(request: dict[str, Any]) -> dict[str, Any]:
     _emit("progress", stage="solve", done=1, total=1, message=f"{len(records)} locked packages")
     virtual = rattler.VirtualPackage.detect(rattler.VirtualPackageOverrides.from_env())
     problem = _check_archives(records) or _check_virtual(records, virtual)
+    if problem is None and request.get("offline"):  # named at once, not after retries
+        problem = _uncached(records, request["package_cache"])
     if problem is not None:
         return problem
     try:
