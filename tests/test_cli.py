@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -91,3 +92,13 @@ def test_gc_cli(store_root):
     out = cli("env", "gc", "--max-age", "30d", "--dry-run")
     assert out.returncode == 0 and "would remove 0 environment(s)" in out.stdout
     assert cli("env", "gc", "--max-size", "lots").returncode == 2
+
+
+def test_env_create_without_a_terminal_shows_the_builds_progress_on_stderr(store_root):
+    """CI and pipes have no status line: the stages of the build come as log lines."""
+    done = cli("env", "create", "--pip", "six==1.16.0", "--name", "progress")
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "[bayou " in line]
+    stages = [line.split("] ", 1)[1].split()[0] for line in lines]
+    assert "pip-install" in stages and stages[-1] == "done", done.stderr
+    assert all(re.match(r"\d\d:\d\d:\d\d \[bayou [0-9a-f]{8}\] ", line) for line in lines)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    _show_build_progress()
     try:
         return args.func(args) or 0
     except CliError as exc:
@@ -66,6 +68,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bayou: interrupted", file=sys.stderr)
         return 130
+
+
+def _show_build_progress() -> None:
+    """Without a terminal (CI, a pipe) builds report on the `bayou.provision` logger:
+    the command line shows those lines on stderr, unless logging is set up already."""
+    if sys.stderr.isatty() or logging.getLogger().handlers:
+        return
+    provision_log = logging.getLogger("bayou.provision")
+    if provision_log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    provision_log.addHandler(handler)
+    provision_log.setLevel(logging.INFO)
 
 
 def _parser() -> argparse.ArgumentParser:
