@@ -192,6 +192,11 @@ def test_conda_bundle_unpacks_offline_in_another_store_as_the_same_env(
     # relocated: nothing names the store or the package cache it was packed from
     assert files_naming(unpacked.prefix, str(conda_packed.origin_root)) == []
     assert files_naming(unpacked.prefix, str(conda_packed.origin_pkgs)) == []
+    # the unpacked packages serve later offline solves on this node too (their origins
+    # are noted next to its package cache), with the channel still gone
+    conda_only = Env(conda=list(env.conda), channels=list(env.channels))
+    solved = bayou.provision(conda_only)
+    assert {p["name"] for p in solved.record["conda_packages"]} >= {"python", "bayou-demo-lib"}
     assert proxy.seen == []
 
 

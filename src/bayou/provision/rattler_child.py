@@ -492,8 +492,9 @@ async def _install_locked(request: dict[str, Any]) -> dict[str, Any]:
         message = str(exc)
         package = next((_pin(r) for r in records if str(r.file_name) in message), None)
         return {"ok": False, "stage": "install", "message": message, "package": package}
-    if not request.get("offline"):
-        _remember_origins(records, request["package_cache"])
+    # also offline: an unpacked bundle's packages are new in this cache, and later
+    # offline solves can offer them only with their origins noted
+    _remember_origins(records, request["package_cache"])
     lock_path = Path(request["build_prefix"]) / ".bayou" / "conda-lock.yml"
     lock.to_path(lock_path)
     return {
