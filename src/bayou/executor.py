@@ -29,7 +29,6 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast
@@ -413,12 +412,8 @@ class EnvExecutor(Executor):
         return self._submit_item(make)
 
     def _submit_item(self, make: Callable[[], WorkItem]) -> BayouFuture[Any]:
-        if pool_module.lifetime.stopping():
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-        if self._pool.broken is not None:
-            raise BrokenProcessPool(self._pool.broken)
-        if self._pool._shutdown:
-            raise RuntimeError("cannot schedule new futures after shutdown")
+        # before encoding: a task refused anyway is not pickled (the pool checks again)
+        pool_module.lifetime.check_accepting(self._pool.broken, self._pool._shutdown)
         try:
             item = make()
         except errors.CrossVersionError:

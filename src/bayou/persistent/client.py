@@ -256,10 +256,7 @@ class RemotePool:
 
     def submit(self, item: WorkItem) -> None:
         with self._lock:
-            if self.broken is not None:
-                raise BrokenProcessPool(self.broken)
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            lifetime.check_accepting(self.broken, self._shutdown)
             task_id = item.task_id = next(self._ids)
             self._items[task_id] = item
         fut = item.future

@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import weakref
+from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol
 
 
@@ -48,6 +49,18 @@ def unregister(pool: _Stoppable) -> None:
 def stopping() -> bool:
     """Whether the interpreter is exiting (new work is refused, as ProcessPoolExecutor does)."""
     return _exiting
+
+
+def check_accepting(broken: str | None, shutdown: bool) -> None:
+    """Raise what ProcessPoolExecutor raises for new work it cannot take: the one submit
+    guard of the executor (before encoding) and of local and remote pools (under their
+    locks)."""
+    if _exiting:
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+    if broken is not None:
+        raise BrokenProcessPool(broken)
+    if shutdown:
+        raise RuntimeError("cannot schedule new futures after shutdown")
 
 
 def _python_exit() -> None:

@@ -202,20 +202,17 @@ class Pool:
     # -- called from user threads ---------------------------------------------
 
     def submit(self, item: WorkItem) -> None:
-        if lifetime.stopping():
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         if lifetime.pid != self._pid:
             raise RuntimeError(
                 f"this executor was created in process {self._pid}, and process "
                 f"{os.getpid()} is a fork of it: its workers and supervisor thread belong to "
                 "that process. Create an EnvExecutor in the child instead."
             )
+        # before starting the supervisor (no thread can start at interpreter exit)
+        lifetime.check_accepting(self.dispatch.broken, self.dispatch.shutdown_requested)
         self._ensure_started()
         with self._lock:
-            if self.dispatch.broken is not None:
-                raise BrokenProcessPool(self.dispatch.broken)
-            if self.dispatch.shutdown_requested:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            lifetime.check_accepting(self.dispatch.broken, self.dispatch.shutdown_requested)
             item.task_id = next(self._task_ids)
             # weak references: the future must not keep its item (and the pool's
             # records) alive in a cycle once the task is settled
