@@ -3,7 +3,9 @@
 `supervisor.Pool` is the selector loop, carrying out what `dispatch` (a pure
 state machine: queues, workers' phases, retries, deadlines) decides. The
 other parts each do one job: `process` (start, signal, describe one worker
-process), `connection` (the handshake), `output` (a worker's stdout/stderr),
+process), `workers` (spawning, pipes and deaths, as the supervisor runs them),
+`connection` (the handshake), `frames` (one worker's frames in), `output` (a
+worker's stdout/stderr),
 `outcome` (a RESULT or a death becomes a value or an exception), `follow`
 (the waiting thread reads its own worker), and `lifetime` (the process-wide
 duties: the exit hook, forks).

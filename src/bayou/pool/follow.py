@@ -9,7 +9,7 @@ of the supervisor's selector and reads it itself::
            ◀─ settle the future ◀─ register sock again ◀─┘
 
 It handles every frame the worker sends meanwhile exactly as the supervisor
-would (`Pool._receive`: heartbeats, progress, the result and the scheduling
+would (`frames.receive`: heartbeats, progress, the result and the scheduling
 that follows it) and gives the socket back before it settles the future, so
 done-callbacks run with nothing held. A dying worker makes its pidfd
 readable, so the follower steps aside and the supervisor accounts for the
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from .. import interrupts
 from ..worker import wire
-from . import lifetime
+from . import frames, lifetime
 
 if TYPE_CHECKING:
     from .records import WorkerHandle, WorkItem
@@ -155,7 +155,7 @@ def _read_as_follower(
             if events:
                 return  # the pidfd: it died, the supervisor takes over
             continue
-        if not pool._receive(w, sock, settles):
+        if not frames.receive(pool, w, sock, settles):
             return  # EOF: the supervisor sees it too once the socket is back
 
 

@@ -26,7 +26,7 @@ saves the supervisor's wake-up and its hand-off to the waiting thread::
            ◀─ settle the future ◀─ register sock again ◀─┘
 
 A dying worker makes its pidfd readable, so the follower steps aside and
-`_on_exit` runs on the supervisor as usual. A sequential caller and a worker
+`workers.on_exit` runs on the supervisor as usual. A sequential caller and a worker
 busy with back-to-back tasks poll for `spin` seconds before they sleep (see
 `_spin` and the worker's `next_task`).
 
@@ -65,7 +65,6 @@ import pickle
 import select
 import selectors
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -77,13 +76,13 @@ from typing import Any
 
 from .. import errors, protocol, shm
 from ..environment import Environment
-from ..futures import end_cancelled, fail, set_exception
+from ..futures import end_cancelled, fail
 from ..worker import deploy, wire
-from . import follow, lifetime, outcome, process
+from . import follow, frames, lifetime, outcome, process, workers
 from .connection import Handshakes
 from .dispatch import QUIET, Dispatch, Limits, Phase
 from .output import MODES as OUTPUT_MODES
-from .output import LogDir, WorkerOutput
+from .output import LogDir
 from .process import WorkerProcess
 from .records import WorkerHandle, WorkItem, heartbeat_interval, spin_seconds
 
@@ -225,7 +224,7 @@ class Pool:
             plan = self.dispatch.submit(item, time.monotonic())
         self._send_tasks(plan.sends)
         if plan.spawn:
-            self._in_supervisor(self._spawn_as_needed)
+            self._in_supervisor(lambda: workers.spawn_as_needed(self))
 
     def cancel(self, item: WorkItem, grace: float) -> bool:
         """`bayou.cancel`: drop a queued task, or ask a running one to stop then kill."""
@@ -331,7 +330,7 @@ class Pool:
                 item.oob.sent()
             # A failed send means the worker is already dead (killed after it
             # went idle, before we saw it go): the task never reached it, so
-            # `_on_exit` re-queues it without counting an attempt.
+            # `workers.on_exit` re-queues it without counting an attempt.
             item.undelivered = not w.send(wire.TASK_FDS if fds else wire.TASK, parts, fds)
             if item.stop_requested or item.cancel_requested:
                 w.send(wire.CANCEL, pickle.dumps(item.task_id, 4))
@@ -377,8 +376,8 @@ class Pool:
             items = [*d.ready, *d.pending]
             d.ready.clear()
             d.pending.clear()
-            workers = list(d.workers)
-            for w in workers:
+            doomed = list(d.workers)
+            for w in doomed:
                 if w.item is not None:
                     items.append(w.item)
                     w.item.worker = None
@@ -386,7 +385,7 @@ class Pool:
             d.idle.clear()
             futures = list(self._futures)
         self._logs.keep = True
-        for w in workers:
+        for w in doomed:
             w.kill_reason = w.kill_reason or (BrokenProcessPool, message)
             for kill in (os.killpg, os.kill):
                 try:
@@ -394,7 +393,7 @@ class Pool:
                     break
                 except OSError:
                     continue
-        for w in workers:
+        for w in doomed:
             try:
                 w.popen.wait(timeout=5.0)
             except BaseException:
@@ -446,11 +445,11 @@ class Pool:
             return
         tag = data[0]
         if tag == "sock":
-            self._on_socket(data[1])
+            frames.on_socket(self, data[1])
         elif tag in ("out", "err"):
-            self._on_pipe(data[1], tag, key.fd)
+            workers.on_pipe(self, data[1], tag, key.fd)
         elif tag == "pidfd":
-            self._on_exit(data[1])
+            workers.on_exit(self, data[1])
         elif tag == "wake":
             try:
                 while os.read(self._wake_r, 4096):
@@ -512,105 +511,6 @@ class Pool:
             "spin": self.spin,
         }
 
-    def _on_socket(self, w: WorkerHandle) -> None:
-        if not w.read_lock.acquire(blocking=False):
-            return  # a caller thread follows this worker (an event from before it took over)
-        try:
-            alive = self._receive(w, w.sock)
-        finally:
-            w.read_lock.release()
-        if not alive:
-            self._on_exit(w)
-
-    def _receive(self, w: WorkerHandle, sock, settles: list | None = None) -> bool:
-        """One receive from `w` (its `read_lock` held), its frames handled; False on EOF."""
-        assert w.reader is not None  # it authenticated: its socket has a reader
-        try:
-            alive = w.reader.feed_from(sock)
-        except OSError:
-            alive = False
-        w.last_seen = time.monotonic()
-        self._frames(w, settles)
-        return alive
-
-    def _frames(self, w: WorkerHandle, settles: list | None = None) -> None:
-        """Handle the frames read from `w`; results are settled at once, or appended
-        to `settles` as `_complete` arguments (a follower settles after it let go)."""
-        assert w.reader is not None
-        frames = w.reader.frames
-        while frames and w.phase is not Phase.DEAD:
-            kind, payload = frames.popleft()
-            if kind == wire.RESULT:
-                self._on_result(w, payload, [], settles)
-            elif kind == wire.RESULT_FDS:
-                body, fds = payload
-                self._on_result(w, body, fds, settles)
-            elif kind == wire.HEARTBEAT:
-                pass
-            elif kind == wire.PROGRESS:
-                self._on_progress(w, payload)
-            elif kind == wire.READY:
-                self._on_ready(w)
-            elif kind == wire.INIT_FAILED:
-                self._on_init_failed(w, payload)
-
-    def _on_ready(self, w: WorkerHandle) -> None:
-        with self._lock:
-            plan = self.dispatch.ready_worker(w, time.monotonic())
-        self._send_tasks(plan.sends)
-
-    def _on_init_failed(self, w: WorkerHandle, payload: bytes) -> None:
-        cause = protocol.rebuild_exception(pickle.loads(payload))
-        logger.critical("Exception in initializer of %s:", w.describe(), exc_info=cause)
-        self._break(f"A worker's initializer failed: {cause!r}", cause)
-
-    def _on_progress(self, w: WorkerHandle, payload: bytes) -> None:
-        task_id, done, total, message = pickle.loads(payload)
-        item = w.item
-        if item is not None and item.task_id == task_id:
-            item.future._set_progress(done, total, message)
-
-    def _on_result(
-        self, w: WorkerHandle, payload: bytearray, fds: list[int], settles: list | None = None
-    ) -> None:
-        meta, body = wire.unpack(payload)
-        task_id, status, blob_len, desc, released, seconds = meta
-        if released and self.segments is not None:
-            self.segments.worker_released(released)
-        item = w.item
-        if item is None or item.task_id != task_id:
-            wire.close_fds(fds)
-            return
-        try:
-            reply = None
-            if item.oob is not None and item.oob.reply is not None:
-                item.oob.reply.in_worker = False  # the worker is done with it
-                if desc is not None and desc[0] == wire.OOB_REPLY:
-                    reply = item.oob.take_reply()
-            buffers = protocol.result_buffers(payload, body, desc, fds, reply, self.segments)
-            data: Any = (payload, body, body + blob_len, buffers)
-            if status != wire.OK:
-                data = pickle.loads(memoryview(payload)[body : body + blob_len])
-        except Exception as exc:  # a protocol error or no memory to map: fail this task
-            status, data = wire.RAISED, exc
-            if reply is not None and self.segments is not None:
-                self.segments.settle(reply)
-        over_memory = self.max_memory is not None and self._rss(w) > self.max_memory
-        with self._lock:
-            retire, plan = self.dispatch.result(w, time.monotonic(), over_memory)
-            if retire:
-                self._forget_process(w)
-        self._send_tasks(plan.sends)
-        if retire:
-            w.send(wire.SHUTDOWN)
-        if plan.spawn:
-            self._spawn_soon()
-        item.future.record_seconds(seconds)  # the call's own duration, for map's batching
-        if settles is None:
-            self._complete(item, status, data)
-        else:
-            settles.append((item, status, data))
-
     def _forget_process(self, w: WorkerHandle) -> None:
         """`w` leaves `processes` (ProcessPoolExecutor's view) once retired or dead."""
         if self.processes.get(w.pid) is w.process:
@@ -625,187 +525,6 @@ class Pool:
 
     # -- worker processes --------------------------------------------------------
 
-    def _spawn_soon(self) -> None:
-        """Spawn what is needed: now on the supervisor thread, else ask it (no waiting)."""
-        if threading.current_thread() is self.thread:
-            self._spawn_as_needed()
-        else:
-            self._calls.append((self._spawn_as_needed, threading.Event()))
-            self._wake()
-
-    def _spawn_as_needed(self) -> None:
-        while True:
-            with self._lock:
-                if not self.dispatch._spawn_needed():
-                    return
-            if not self._spawn_one():
-                return
-
-    def _spawn_one(self) -> bool:
-        used = {w.slot for w in self._workers}
-        slot = next(i for i in itertools.count() if i not in used)
-        worker_id = next(self._worker_ids)
-        cmd = [*self._command, self.listener.path, str(worker_id), str(os.getpid())]
-        try:
-            popen = process.start(cmd, self._environ, self.listener.key)
-        except OSError as exc:
-            self._break(f"cannot start a worker with {self.environment.python}: {exc}", exc)
-            return False
-        output = WorkerOutput(self.output, self._logs, self.environment.hash, slot, popen.pid)
-        w = WorkerHandle(slot, worker_id, popen, output, self.environment)
-        for tag, stream in (("out", popen.stdout), ("err", popen.stderr)):
-            assert stream is not None  # stdout=PIPE, stderr=PIPE
-            os.set_blocking(stream.fileno(), False)
-            self.selector.register(stream, selectors.EVENT_READ, (tag, w))
-        w.pidfd = process.open_pidfd(popen.pid)
-        if w.pidfd is not None:
-            self.selector.register(w.pidfd, selectors.EVENT_READ, ("pidfd", w))
-        with self._lock:
-            self.dispatch.spawned(w)
-            self.processes[w.pid] = w.process
-        return True
-
-    def _kill(self, w: WorkerHandle, reason: tuple[type | None, str] | None) -> None:
-        if w.dead:
-            return
-        if w.kill_reason is None:
-            w.kill_reason = reason or (WorkerCrashedError, "")
-        process.kill_group(w.pid)
-
-    def _rss(self, w: WorkerHandle) -> int:
-        try:
-            if w.psutil_process is None:
-                import psutil
-
-                w.psutil_process = psutil.Process(w.pid)
-            return w.psutil_process.memory_info().rss
-        except Exception:
-            return 0
-
-    def _on_pipe(self, w: WorkerHandle, tag: str, fd: int) -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if data:
-            w.output.feed(tag, data)
-        else:
-            self._close_pipe(w, tag)
-
-    def _close_pipe(self, w: WorkerHandle, tag: str) -> None:
-        stream = w.popen.stdout if tag == "out" else w.popen.stderr
-        if stream is None or stream.closed:
-            return
-        w.output.finish(tag)
-        try:
-            self.selector.unregister(stream)
-        except (KeyError, ValueError):
-            pass
-        stream.close()
-
-    def _drain_pipes(self, w: WorkerHandle) -> None:
-        for tag, stream in (("out", w.popen.stdout), ("err", w.popen.stderr)):
-            if stream is None or stream.closed:
-                continue
-            while True:
-                try:
-                    data = os.read(stream.fileno(), 65536)
-                except (BlockingIOError, OSError):
-                    break
-                if not data:
-                    break
-                w.output.feed(tag, data)
-            self._close_pipe(w, tag)
-
-    def _on_exit(self, w: WorkerHandle) -> None:
-        """A worker is gone (EOF on its socket, pidfd, or we killed it): account for it."""
-        if w.exiting:
-            return
-        w.phase = Phase.EXITING
-        with w.read_lock:  # a follower polls the pidfd too: it lets go at once
-            if w.sock is not None and w.reader is not None:
-                self._read_last_frames(w)
-            w.phase = Phase.DEAD
-        if w.pidfd is not None:
-            self.selector.unregister(w.pidfd)
-            os.close(w.pidfd)
-            w.pidfd = None
-        with w.send_lock:
-            if w.sock is not None:
-                try:
-                    self.selector.unregister(w.sock)
-                except (KeyError, ValueError):
-                    pass
-                w.sock.close()
-                w.sock = None
-        if w.reader is not None:
-            w.reader.close()  # descriptors of frames nobody will read
-        try:
-            rc = w.popen.wait(timeout=2.0)
-        except subprocess.TimeoutExpired:
-            self._kill(w, None)
-            rc = w.popen.wait()
-        finally:
-            self._drain_pipes(w)
-        try:
-            os.killpg(w.pid, signal.SIGKILL)  # leftovers of its group, if any
-        except OSError:
-            pass
-        w.process._reaped.set()
-        w.output.close()
-
-        with self._lock:
-            self._forget_process(w)
-            end = self.dispatch.exited(
-                w, rc, time.monotonic(), lambda item: self._exit_error(w, item, rc)
-            )
-        if end.keep_logs:
-            self._logs.keep = True
-        if end.fate == "retried":
-            logger.warning("%s; retrying (attempt %d)", end.error, end.item.attempts + 1)
-        if end.start_failed:
-            self._break(
-                f"workers of env {self.environment.hash} ({self.environment.python}) die "
-                f"before they are ready: the last one {process.exit_text(rc)}" + w.output.tail()
-            )
-        self._send_tasks(end.plan.sends)
-        if end.plan.spawn:
-            self._spawn_as_needed()
-        if end.fate == "cancelled":
-            end.item.release()
-            end_cancelled(end.item.future)
-        elif end.fate == "failed":
-            end.item.release()
-            assert end.error is not None  # a failed task has its error
-            set_exception(end.item.future, end.error)
-
-    def _read_last_frames(self, w: WorkerHandle) -> None:
-        """Handle what a dead worker sent before dying: its pidfd may be seen before
-        its socket, and a RESULT already sent must not turn into a crash (or a re-run)."""
-        assert w.sock is not None and w.reader is not None  # `_on_exit` checked
-        try:
-            w.sock.setblocking(False)
-            while w.reader.feed_from(w.sock):
-                pass
-        except OSError:  # BlockingIOError: nothing more; anything else: it is gone
-            pass
-        self._frames(w)
-
-    def _exit_error(self, w: WorkerHandle, item: WorkItem, rc: int) -> tuple[BaseException, bool]:
-        """The exception for a task whose worker died, and whether a retry is allowed."""
-        return outcome.exit_error(
-            w.describe(),
-            item.label,
-            w.kill_reason,
-            rc,
-            w.pid,
-            tuple(w.output.err_tail),
-            w.output.tail(),
-            self._broken_cause,
-        )
-
     def _check_timers(self) -> float:
         """Enforce every deadline (`dispatch.timers`); how long the selector may sleep."""
         if self.segments is not None:
@@ -813,13 +532,13 @@ class Pool:
         self.handshakes.expire(time.monotonic())
         for w in list(self.dispatch.workers):
             if not w.exiting and w.pidfd is None and w.popen.poll() is not None:
-                self._on_exit(w)  # no pidfd on this platform: poll
+                workers.on_exit(self, w)  # no pidfd on this platform: poll
         with self._lock:
             kills, nearest = self.dispatch.timers(
-                time.monotonic(), self._rss, lambda w: _has_input(w.sock)
+                time.monotonic(), lambda w: workers.rss(self, w), lambda w: _has_input(w.sock)
             )
         for w, reason in kills:
-            self._kill(w, reason)
+            workers.kill(self, w, reason)
         return max(0.0, nearest - time.monotonic())
 
     def _break(self, message: str, cause: BaseException | None = None) -> None:
@@ -827,7 +546,7 @@ class Pool:
         with self._lock:
             if self.dispatch.broken is not None:
                 return
-            pending, workers = self.dispatch.break_pool(message)
+            pending, to_kill = self.dispatch.break_pool(message)
             self._broken_cause = cause
         self._logs.keep = True
         for item in pending:
@@ -835,8 +554,8 @@ class Pool:
             exc = BrokenProcessPool(message)
             exc.__cause__ = cause
             fail(item.future, exc)
-        for w in workers:
-            self._kill(w, (BrokenProcessPool, message))
+        for w in to_kill:
+            workers.kill(self, w, (BrokenProcessPool, message))
 
     def _maybe_finish(self) -> bool:
         """During shutdown: retire workers once no work is left; True when all are gone."""
@@ -849,7 +568,7 @@ class Pool:
             done = gone and not self._calls and not self._following
         for w in to_stop:
             if w.ready_at is None or not w.send(wire.SHUTDOWN):
-                self._kill(w, QUIET)
+                workers.kill(self, w, QUIET)
         return done
 
     def _close(self) -> None:
