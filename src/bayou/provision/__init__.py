@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
@@ -128,19 +129,7 @@ def _build(
     def emit(stage: str, done: int | None = None, total: int | None = None, msg: str = "") -> None:
         report(ProgressEvent(env.hash, stage, done, total, msg))
 
-    def on_tool_event(event: dict[str, Any]) -> None:  # the rattler child's, uv's (uv_progress)
-        if event.get("event") == "progress":
-            report(
-                ProgressEvent(
-                    env.hash,
-                    event["stage"],
-                    event.get("done"),
-                    event.get("total"),
-                    event.get("message", ""),
-                    event.get("bytes_done"),
-                    event.get("bytes_total"),
-                )
-            )
+    on_tool_event = tool_events(env.hash, report)
 
     try:
         conda_records: list[dict[str, Any]] = []
@@ -184,31 +173,21 @@ def _build(
             pip_packages = uv_step.installed_by(result)
         deadline.check("publishing")
         emit("publish")
-        _replace_build_path(build_dir, final)
-        if env.is_conda:
-            act = activation.conda_activation(build_dir, final, env.name or env.hash)
-        else:
-            act = activation.venv_activation(final)
-        record = {
-            "hash": env.hash,
-            "name": env.name,
-            "kind": "conda" if env.is_conda else "venv",
-            "backend": backend,
-            "backend_tool": tool_info,
-            "spec": env.to_dict(),
-            "prefix": str(final),
-            "python": str(final / python.relative_to(build_dir)),
-            "python_version": version,
-            "platform": conda_platform(),
-            "conda_packages": conda_records,
-            "virtual_packages": conda_step.virtual_packages(build_dir),
-            "pip_packages": pip_packages,
-            "activation": act,
-            "size": tree_size(build_dir),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "build_seconds": round(time.monotonic() - started, 3),
-            "bayou_version": __version__,
-        }
+        record = finished_record(
+            env_hash=env.hash,
+            name=env.name,
+            kind="conda" if env.is_conda else "venv",
+            backend=backend,
+            backend_tool=tool_info,
+            spec=env.to_dict(),
+            build_dir=build_dir,
+            final=final,
+            python=python,
+            version=version,
+            conda_records=conda_records,
+            pip_packages=pip_packages,
+            started=started,
+        )
         store.publish(build_dir, env.hash, record)
         emit("done", msg=f"{env.describe()} in {record['build_seconds']:.1f} s")
         return record
@@ -239,6 +218,71 @@ def _write_log(store: Store, env: Env, text: str) -> str | None:
     except OSError:
         return None
     return str(path)
+
+
+def tool_events(env_hash: str, report: ProgressCallback) -> Callable[[dict[str, Any]], None]:
+    """What the rattler child and uv's progress parser emit, as `ProgressEvent`s."""
+
+    def on_tool_event(event: dict[str, Any]) -> None:
+        if event.get("event") == "progress":
+            report(
+                ProgressEvent(
+                    env_hash,
+                    event["stage"],
+                    event.get("done"),
+                    event.get("total"),
+                    event.get("message", ""),
+                    event.get("bytes_done"),
+                    event.get("bytes_total"),
+                )
+            )
+
+    return on_tool_event
+
+
+def finished_record(
+    *,
+    env_hash: str,
+    name: str | None,
+    kind: str,
+    backend: str,
+    backend_tool: dict[str, Any] | None,
+    spec: dict[str, Any],
+    build_dir: Path,
+    final: Path,
+    python: Path,
+    version: str,
+    conda_records: list[dict[str, Any]],
+    pip_packages: list[dict[str, str]],
+    started: float,
+) -> dict[str, Any]:
+    """Point a finished build at its final prefix and describe it for the store (the
+    record `store.publish` writes): one way for a build and an unpacked bundle."""
+    _replace_build_path(build_dir, final)
+    if kind == "conda":
+        act = activation.conda_activation(build_dir, final, name or env_hash)
+    else:
+        act = activation.venv_activation(final)
+    return {
+        "hash": env_hash,
+        "name": name,
+        "kind": kind,
+        "backend": backend,
+        "backend_tool": backend_tool,
+        "spec": spec,
+        "prefix": str(final),
+        "python": str(final / python.relative_to(build_dir)),
+        "python_version": version,
+        "platform": conda_platform(),
+        "conda_packages": conda_records,
+        "virtual_packages": conda_step.virtual_packages(build_dir),
+        "pip_packages": pip_packages,
+        "activation": act,
+        "size": tree_size(build_dir),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(time.monotonic() - started, 3),
+        "bayou_version": __version__,
+    }
 
 
 def _replace_build_path(build_dir: Path, final: Path) -> None:

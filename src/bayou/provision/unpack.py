@@ -34,7 +34,6 @@ import os
 import secrets
 import shutil
 import time
-from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -45,14 +44,14 @@ from ..bundle_read import extract, local_copy, read_manifest, source_of
 from ..env import Env, conda_platform
 from ..environment import Environment
 from ..errors import BundleError, ProvisionError
-from ..store import Store, tree_size
+from ..store import Store
 from . import (
-    _replace_build_path,
     _timeout_error,
     _write_log,
-    activation,
     conda_step,
     environment_from_record,
+    finished_record,
+    tool_events,
     uv_step,
 )
 from .diskfull import no_space_error
@@ -184,9 +183,7 @@ def _install(
     def emit(stage: str, done: int | None = None, total: int | None = None, msg: str = "") -> None:
         report(ProgressEvent(spec.hash, stage, done, total, msg))
 
-    def on_conda_event(event: dict[str, Any]) -> None:
-        if event.get("event") == "progress":
-            emit(event["stage"], event.get("done"), event.get("total"), event.get("message", ""))
+    on_conda_event = tool_events(spec.hash, report)
 
     try:
         staging.mkdir()
@@ -214,35 +211,25 @@ def _install(
             emit("pip", len(manifest["pip"]), len(manifest["pip"]), "done")
         deadline.check("publishing")
         emit("publish")
-        _replace_build_path(build_dir, final)
-        if manifest["kind"] == "conda":
-            act = activation.conda_activation(build_dir, final, spec.name or spec.hash)
-        else:
-            act = activation.venv_activation(final)
-        record = {
-            "hash": spec.hash,
-            "name": spec.name,
-            "kind": manifest["kind"],
-            "backend": "rattler" if manifest["kind"] == "conda" else "uv",
-            "backend_tool": None,
-            "spec": manifest["spec"],
-            "prefix": str(final),
-            "python": str(final / python.relative_to(build_dir)),
-            "python_version": version,
-            "platform": conda_platform(),
-            "conda_packages": conda_records,
-            "virtual_packages": conda_step.virtual_packages(build_dir),
-            "pip_packages": pip_packages,
-            "activation": act,
-            "size": tree_size(build_dir),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "build_seconds": round(time.monotonic() - started, 3),
-            "bayou_version": __version__,
-            "bundle": {
-                "source": source_of(label),
-                "packed": manifest.get("created"),
-                "packed_by": manifest.get("bayou_version"),
-            },
+        record = finished_record(
+            env_hash=spec.hash,
+            name=spec.name,
+            kind=manifest["kind"],
+            backend="rattler" if manifest["kind"] == "conda" else "uv",
+            backend_tool=None,
+            spec=manifest["spec"],
+            build_dir=build_dir,
+            final=final,
+            python=python,
+            version=version,
+            conda_records=conda_records,
+            pip_packages=pip_packages,
+            started=started,
+        )
+        record["bundle"] = {
+            "source": source_of(label),
+            "packed": manifest.get("created"),
+            "packed_by": manifest.get("bayou_version"),
         }
         store.publish(build_dir, spec.hash, record)
         emit("done", msg=f"{spec.describe()} unpacked in {record['build_seconds']:.1f} s")
