@@ -66,14 +66,10 @@ def install_pip(
     offline: bool = False,
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> ToolResult:
-    from .uv_step import _uv_message, run_install, uv_binary
+    from .uv_step import _uv_message, install_argv, run_install
 
     lock = cast(LockedSpec, env.lock)  # a locked env has one
-    argv = [uv_binary(), "pip", "install", "--python", str(python), "--no-config"]
-    if offline:
-        argv.append("--offline")
-    if not (python.parent.parent / "pyvenv.cfg").exists():
-        argv.append("--break-system-packages")  # a conda env's python, ours to fill
+    argv = install_argv(python, offline=offline)
     work = Path(tempfile.mkdtemp(prefix="bayou-lock-"))
     try:
         if lock.format == "pylock.toml":

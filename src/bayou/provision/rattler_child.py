@@ -339,16 +339,7 @@ async def _solve_and_install(request: dict[str, Any]) -> dict[str, Any]:
     if missing is not None:
         return {**missing, "local_channels": local}
     try:
-        await rattler.install(
-            records,
-            target_prefix=request["build_prefix"],
-            package_cache=_package_cache(request["package_cache"]),
-            alternative_target_prefix=request["final_prefix"],
-            platform=platform,
-            show_progress=False,
-            reporter=_make_reporter(records, request["package_cache"]),
-            execute_link_scripts=False,
-        )
+        await _install(records, request, platform)
     except Exception as exc:
         return {
             "ok": False,
@@ -457,6 +448,23 @@ def _check_virtual(records: list[Any], virtual: list[Any]) -> dict[str, Any] | N
     return None
 
 
+async def _install(records: list[Any], request: dict[str, Any], platform: Any) -> None:
+    """Link `records` into the build prefix, placed for the final one: the same for a
+    solved and a locked env."""
+    import rattler
+
+    await rattler.install(
+        records,
+        target_prefix=request["build_prefix"],
+        package_cache=_package_cache(request["package_cache"]),
+        alternative_target_prefix=request["final_prefix"],
+        platform=platform,
+        show_progress=False,
+        reporter=_make_reporter(records, request["package_cache"]),
+        execute_link_scripts=False,
+    )
+
+
 async def _install_locked(request: dict[str, Any]) -> dict[str, Any]:
     import rattler
 
@@ -478,16 +486,7 @@ async def _install_locked(request: dict[str, Any]) -> dict[str, Any]:
     if problem is not None:
         return problem
     try:
-        await rattler.install(
-            records,
-            target_prefix=request["build_prefix"],
-            package_cache=_package_cache(request["package_cache"]),
-            alternative_target_prefix=request["final_prefix"],
-            platform=rattler.Platform(request["platform"]),
-            show_progress=False,
-            reporter=_make_reporter(records, request["package_cache"]),
-            execute_link_scripts=False,
-        )
+        await _install(records, request, rattler.Platform(request["platform"]))
     except Exception as exc:
         message = str(exc)
         package = next((_pin(r) for r in records if str(r.file_name) in message), None)

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +76,17 @@ class ToolResult:
         return f"$ {' '.join(self.argv)}\n{self.stdout}{self.stderr}"
 
 
+def _pump(source: Iterable[str], kept: list[str], callback: Callable[[str], None] | None) -> None:
+    """Keep what a tool writes, and hand each piece to `callback` as it comes."""
+    for piece in source:
+        kept.append(piece)
+        if callback is not None:
+            try:
+                callback(piece)
+            except Exception:  # a progress callback must not break a build
+                pass
+
+
 def run_tool(
     argv: Sequence[str],
     *,
@@ -112,24 +123,12 @@ def run_tool(
 
     def pump_stdout() -> None:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            out_lines.append(line)
-            if on_line is not None:
-                try:
-                    on_line(line)
-                except Exception:  # a progress callback must not break a build
-                    pass
+        _pump(proc.stdout, out_lines, on_line)
 
     def pump_stderr() -> None:
         chunks = _read_tty(tty[0]) if tty is not None else proc.stderr
         assert chunks is not None
-        for chunk in chunks:
-            err_chunks.append(chunk)
-            if on_stderr is not None:
-                try:
-                    on_stderr(chunk)
-                except Exception:  # a progress callback must not break a build
-                    pass
+        _pump(chunks, err_chunks, on_stderr)
 
     readers = [threading.Thread(target=f, daemon=True) for f in (pump_stdout, pump_stderr)]
     for reader in readers:

@@ -302,11 +302,9 @@ def _install_wheels(
     python: Path, staging: Path, store: Store, deadline: Deadline, label: str
 ) -> ToolResult:
     """The bundle's wheels, by exact pin and hash, from its own directory only."""
-    argv = [uv_step.uv_binary(), "pip", "install", "--python", str(python), "--no-config"]
-    argv += ["--offline", "--no-index", "--find-links", str(staging / "wheels")]
+    argv = uv_step.install_argv(python, offline=True)
+    argv += ["--no-index", "--find-links", str(staging / "wheels")]
     argv += ["--no-deps", "--require-hashes", "-r", str(staging / REQUIREMENTS)]
-    if not (python.parent.parent / "pyvenv.cfg").exists():
-        argv.append("--break-system-packages")  # a conda env's python, ours to fill
     result = run_tool(
         argv,
         deadline=deadline,

@@ -104,12 +104,7 @@ def install(
         return install_pip(
             env, python, cache_dir, deadline, on_line, offline=offline, on_event=on_event
         )
-    argv = [uv_binary(), "pip", "install", "--python", str(python), "--no-config"]
-    if offline:
-        argv += ["--offline"]
-    if not (python.parent.parent / "pyvenv.cfg").exists():
-        # A conda env's python is not a venv: tell uv the target is ours.
-        argv += ["--break-system-packages"]
+    argv = install_argv(python, offline=offline)
     for option in env.pip_options:
         flag, _, value = option.partition(" ")
         if flag == "--pre":
@@ -133,6 +128,18 @@ def install(
             f"pip install failed: {message}", package=package, output=result.output
         )
     return _repair_damaged(env, python, cache_dir, deadline, argv, result, offline)
+
+
+def install_argv(python: Path, *, offline: bool) -> list[str]:
+    """``uv pip install`` into the env of `python`, before what to install: for a spec's
+    requirements, a lock's and a bundle's wheels alike."""
+    argv = [uv_binary(), "pip", "install", "--python", str(python), "--no-config"]
+    if offline:
+        argv.append("--offline")
+    if not (python.parent.parent / "pyvenv.cfg").exists():
+        # A conda env's python is not a venv: tell uv the target is ours.
+        argv.append("--break-system-packages")
+    return argv
 
 
 def run_install(
