@@ -99,3 +99,28 @@ def boundary_envs(tmp_path_factory, shared_pkgs):
             env = bayou.provision(bayou.Env(python=python, pip=[numpy]), store=store)
             built[name] = bayou.Env.existing(env.prefix)
     return built
+
+
+@pytest.fixture
+def proxy(monkeypatch):
+    """Every HTTP(S) connection uv or requests makes goes through this recording tunnel
+    (`.seen`: the hosts), which relays it to the real network."""
+    from tests.support.network import PROXY_VARS, Recorder, TunnelHandler
+
+    server = Recorder(TunnelHandler)
+    for name in PROXY_VARS:
+        monkeypatch.setenv(name, server.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def recording_server():
+    """An HTTP server that records each path asked for and answers 404."""
+    from tests.support.network import NotFoundHandler, Recorder
+
+    server = Recorder(NotFoundHandler)
+    yield server
+    server.stop()

@@ -39,8 +39,8 @@ import bayou
 from bayou import BundleError, Env, interpreters
 from tests.conftest import CALLER_XY, require_interpreter
 from tests.env_tasks import six_version
+from tests.support.network import PROXY_VARS
 from tests.test_external_backends import fake_tools  # noqa: F401 (a fixture)
-from tests.test_offline import PROXY_VARS, _Recorder, _TunnelHandler
 
 BAYOU = [sys.executable, "-m", "bayou.cli"]
 UNREACHABLE_INDEX = "http://127.0.0.1:9/simple"  # the discard port: nothing listens
@@ -61,18 +61,6 @@ class Packed:
 def _online_own_store(monkeypatch):
     for name in ("BAYOU_OFFLINE", "BAYOU_STORE_PATH", "BAYOU_BACKEND", "UV_INDEX_URL"):
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture
-def proxy(monkeypatch):
-    """Every HTTP(S) connection uv (or requests) makes goes through this recording tunnel."""
-    server = _Recorder(_TunnelHandler)
-    for name in PROXY_VARS:
-        monkeypatch.setenv(name, server.url)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    yield server
-    server.stop()
 
 
 def timed(fn, *args, **kwargs):

@@ -35,11 +35,11 @@ import bayou.dask  # noqa: E402
 from integrations.dask import tasks  # noqa: E402
 from integrations.dask.cluster import CliCluster  # noqa: E402
 from tests.conftest import CALLER_XY  # noqa: E402
+from tests.support.network import PROXY_VARS
 
 pytestmark = pytest.mark.timeout(900)
 
 CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens
-PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 
 @pytest.fixture

@@ -11,15 +11,11 @@ caches is named at once.
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
-import select
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -31,88 +27,6 @@ from bayou.provision import download
 from tests.conftest import CALLER_XY
 
 BAYOU = [sys.executable, "-m", "bayou.cli"]
-PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
-
-
-class _Recorder(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, handler) -> None:
-        super().__init__(("127.0.0.1", 0), handler)
-        self.seen: list[str] = []
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
-
-
-class _TunnelHandler(http.server.BaseHTTPRequestHandler):
-    """A CONNECT proxy: records the host, then relays bytes both ways."""
-
-    def do_CONNECT(self) -> None:  # noqa: N802 (the HTTP method's name)
-        self.server.seen.append(self.path)
-        host, _, port = self.path.rpartition(":")
-        try:
-            upstream = socket.create_connection((host, int(port)), timeout=30)
-        except OSError:
-            self.send_error(502)
-            return
-        self.send_response(200, "Connection established")
-        self.end_headers()
-        conns = [self.connection, upstream]
-        try:
-            while True:
-                ready, _, _ = select.select(conns, [], [], 60)
-                if not ready:
-                    return
-                for conn in ready:
-                    data = conn.recv(65536)
-                    if not data:
-                        return
-                    (upstream if conn is self.connection else self.connection).sendall(data)
-        finally:
-            upstream.close()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-class _NotFoundHandler(http.server.BaseHTTPRequestHandler):
-    """Records each request (a channel's repodata, a tool's release), answers 404."""
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.server.seen.append(self.path)
-        self.send_error(404)
-
-    do_HEAD = do_GET
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def proxy(monkeypatch):
-    """Every HTTP(S) connection uv makes goes through this recording tunnel."""
-    server = _Recorder(_TunnelHandler)
-    for name in PROXY_VARS:
-        monkeypatch.setenv(name, server.url)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def recording_server():
-    server = _Recorder(_NotFoundHandler)
-    yield server
-    server.stop()
 
 
 @pytest.fixture(autouse=True)
