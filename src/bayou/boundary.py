@@ -56,7 +56,7 @@ from typing import Any, cast
 import cloudpickle
 
 from . import errors, mp_objects
-from .worker import names, wire
+from .worker import codec, names, wire
 from .worker import shm as worker_shm
 
 PICKLE_PROTOCOL = 5
@@ -439,14 +439,6 @@ def versions_text(versions: dict | None) -> str:
     return text
 
 
-def caller_versions() -> dict:
-    found = {"python": "{}.{}.{}".format(*sys.version_info[:3])}
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        found["numpy"] = getattr(numpy, "__version__", "?")
-    return found
-
-
 # -- loading what workers send ----------------------------------------------------------
 
 
@@ -491,7 +483,7 @@ def result_load_error(label: str, exc: BaseException) -> errors.UnpicklingError:
         what = f": it holds {held} (module {module}), which the caller cannot load"
     err = errors.UnpicklingError(
         f"the result of {label} could not be unpickled in the caller "
-        f"({versions_text(caller_versions())}){what}: {type(exc).__name__}: {exc}. "
+        f"({versions_text(codec.versions())}){what}: {type(exc).__name__}: {exc}. "
         "Return builtins, numpy data or classes the caller can import, or install "
         "what is missing where the caller runs."
     )

@@ -14,7 +14,8 @@ and in a forked child.
   parent's wake pipe or workers). Each pool also refuses use from another
   process (`Pool.submit`).
 
-`stopping()` tells `submit` that the interpreter is going away.
+`check_accepting` is the one submit guard: new work is refused once the interpreter
+exits, the pool is broken or it was shut down.
 """
 
 from __future__ import annotations
@@ -44,11 +45,6 @@ def register(pool: _Stoppable) -> None:
 
 def unregister(pool: _Stoppable) -> None:
     _live.discard(pool)
-
-
-def stopping() -> bool:
-    """Whether the interpreter is exiting (new work is refused, as ProcessPoolExecutor does)."""
-    return _exiting
 
 
 def check_accepting(broken: str | None, shutdown: bool) -> None:
