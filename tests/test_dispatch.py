@@ -239,6 +239,64 @@ def test_a_worker_we_killed_before_ready_is_not_a_start_failure():
         assert not start_death(d, -signal.SIGKILL, killed_by_us=True).start_failed
 
 
+# -- an actor's pool: restarts and a worker kept alive --------------------------------------
+
+
+def test_min_workers_spawns_without_work_and_again_after_a_death():
+    d = pool(max_workers=1, min_workers=1, max_restarts=3)
+    assert d._spawn_needed()  # nothing submitted: built at once
+    (w,) = ready_workers(d, 1)
+    assert not d._spawn_needed()
+    end = d.exited(w, -signal.SIGKILL, 1.0, crash)  # died idle
+    assert end.plan.spawn and not end.out_of_restarts and d.deaths == 1
+
+
+def test_every_death_counts_against_max_restarts_and_the_next_one_breaks():
+    d = pool(max_workers=1, min_workers=1, max_restarts=2)
+    first, second = Item(), Item()
+    d.submit(first, 0.0)
+    d.submit(second, 0.0)
+    (w,) = ready_workers(d, 1)
+    end = d.exited(w, -signal.SIGSEGV, 1.0, crash)  # a call in flight: it fails, no retry
+    assert end.fate == "failed" and end.item is first and not end.out_of_restarts
+    end = start_death(d, 1)  # the rebuild crashed before READY: counts too
+    assert not end.out_of_restarts and d.deaths == 2
+    (w,) = ready_workers(d, 1)
+    assert w.item is second
+    end = d.exited(w, -signal.SIGKILL, 2.0, crash)
+    assert end.out_of_restarts and not end.plan.spawn and d.deaths == 3
+
+
+def test_max_restarts_zero_breaks_at_the_first_death():
+    d = pool(max_workers=1, min_workers=1, max_restarts=0)
+    (w,) = ready_workers(d, 1)
+    assert d.exited(w, -signal.SIGKILL, 1.0, crash).out_of_restarts
+
+
+def test_deaths_at_shutdown_and_in_a_task_pool_do_not_count():
+    d = pool(max_workers=1, min_workers=1, max_restarts=0)
+    (w,) = ready_workers(d, 1)
+    d.shutdown(False, 1.0)
+    assert not d._spawn_needed()  # no rebuild while shutting down
+    assert not d.exited(w, 0, 2.0, crash).out_of_restarts and d.deaths == 0
+    plain = pool(max_workers=1)  # no max_restarts: deaths are only replaced
+    (w,) = ready_workers(plain, 1)
+    assert not plain.exited(w, -signal.SIGKILL, 1.0, crash).out_of_restarts
+
+
+def test_served_counts_answers_over_all_workers():
+    d = pool(max_workers=1, min_workers=1, max_restarts=1)
+    (w,) = ready_workers(d, 1)
+    for _ in range(3):
+        d.submit(Item(), 0.0)
+        d.result(w, 1.0, over_memory=False)
+    d.exited(w, -signal.SIGKILL, 1.0, crash)
+    (w,) = ready_workers(d, 1)
+    d.submit(Item(), 2.0)
+    d.result(w, 2.0, over_memory=False)
+    assert d.served == 4
+
+
 # -- cancel and shutdown --------------------------------------------------------------------
 
 

@@ -139,6 +139,14 @@ class MemoryLimitError(WorkerCrashedError, MemoryError):
     """A worker crossed `max_memory_per_worker` while running a task."""
 
 
+class ActorDiedError(BrokenProcessPool, BayouError):
+    """An actor's process died with no restarts left (`max_restarts`), or its
+    constructor raised: the calls queued then, and every later one, fail with
+    this. The call in flight at the death fails with the death's own error
+    (`WorkerCrashedError`, ...). A `BrokenProcessPool`, as the actor is a pool
+    of one that can no longer work."""
+
+
 class PicklingError(BayouError, pickle.PicklingError, TypeError):
     """Something that must cross the process boundary cannot be serialised.
 

@@ -23,7 +23,6 @@ import inspect
 import logging
 import operator
 import os
-import sys
 import threading
 import time
 import weakref
@@ -33,12 +32,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast
 
-from . import batching, boundary, errors, protocol
-from . import pool as pool_module
+from . import actor as actor_module
+from . import batching, errors, protocol, submission
+from .actor import Actor
 from .environment import Environment, current_environment
 from .futures import BayouFuture as BayouFuture  # bayou.executor.BayouFuture still works
 from .futures import Progress as Progress  # re-exported too
 from .pool import OUTPUT_MODES, Pool, WorkItem
+from .remote_modules import ModuleProxy as ModuleProxy  # bayou.executor.ModuleProxy still works
+from .remote_modules import RemoteFunction as RemoteFunction
+from .remote_modules import module_reference
 from .store import EnvHold, Store
 from .worker import wire
 
@@ -58,14 +61,6 @@ _RUN_PARTIAL = operator.methodcaller("__call__")
 def _same_kwargs(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """The same keyword arguments, the same objects (no `==`: values may be arrays)."""
     return a.keys() == b.keys() and all(a[k] is b[k] for k in a)
-
-
-def _label(fn: Any) -> str:
-    module = getattr(fn, "__module__", None)
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    if name is None:
-        return f"a {type(fn).__name__} object"
-    return f"{module}.{name}" if module else name
 
 
 def _resolve_environment(env: Any, allow_current: bool = False) -> Environment:
@@ -123,11 +118,11 @@ def _initializer_pickling_error(
         cls = type(obj)
         return errors.PicklingError(
             f"cannot pickle {where} ({cls.__module__}.{cls.__qualname__}) of the initializer "
-            f"{_label(initializer)}: {type(exc).__name__}: {exc}; "
+            f"{submission.label(initializer)}: {type(exc).__name__}: {exc}; "
             f"{mp_objects.inheritance_only_hint(obj)}"
         )
     return errors.PicklingError(
-        f"cannot pickle the initializer {_label(initializer)} or its initargs: "
+        f"cannot pickle the initializer {submission.label(initializer)} or its initargs: "
         f"{type(exc).__name__}: {exc}"
     )
 
@@ -290,7 +285,9 @@ class EnvExecutor(Executor):
             log_dir=log_dir,
             output=output,
         )
+        self._options = options
         self._pool = self._make_pool(self.environment, options, name=name, debug=debug)
+        self._actors: weakref.WeakSet[Actor] = weakref.WeakSet()
         # per-call seconds of the functions `map` batched, so the next map of one
         # starts with batches of the right size (`batching`)
         self._call_seconds: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
@@ -366,28 +363,8 @@ class EnvExecutor(Executor):
         *,
         fn_record: tuple[Any, ...] | None = None,
     ) -> WorkItem:
-        roots: frozenset[str] = frozenset()
-        if fn_record is None:
-            fn_record, roots = self._encoder.function(fn)
-        buffers: list[Any] = []  # big pickle buffers, out of band: shared memory or inline
-        if call_kind == wire.CALL:
-            args, kwargs = payload
-            args_blob, arg_roots = self._encoder.call_args(fn, args, kwargs, buffers)
-        else:
-            args_blob, arg_roots = self._encoder.chunk_args(fn, payload, buffers)
-        return WorkItem(
-            future=BayouFuture(),
-            call_kind=call_kind,
-            fn_record=fn_record,
-            args_blob=args_blob,
-            roots=roots | arg_roots,
-            label=_label(fn),
-            call=(call_kind, payload),
-            oob=protocol.stage_buffers(
-                buffers, self._pool.segments, private=self._pool.retries > 0
-            )
-            if buffers
-            else None,
+        return submission.encode_item(
+            self._encoder, self._pool, fn, call_kind, payload, fn_record=fn_record
         )
 
     def _encode_function(self, fn: Callable[..., Any]) -> tuple[tuple[Any, ...], frozenset[str]]:
@@ -412,21 +389,7 @@ class EnvExecutor(Executor):
         return self._submit_item(make)
 
     def _submit_item(self, make: Callable[[], WorkItem]) -> BayouFuture[Any]:
-        # before encoding: a task refused anyway is not pickled (the pool checks again)
-        pool_module.lifetime.check_accepting(self._pool.broken, self._pool._shutdown)
-        try:
-            item = make()
-        except errors.CrossVersionError:
-            raise  # can never work: say so at the call, with the fix
-        except errors.PicklingError as exc:
-            # Like ProcessPoolExecutor, a task that cannot be pickled fails its
-            # future (at once, here) rather than raising from submit().
-            fut: BayouFuture[Any] = BayouFuture()
-            fut.set_exception(exc)
-            return fut
-        self._pool.submit(item)
-        future: BayouFuture[Any] = item.future
-        return future
+        return submission.submit(self._pool, make)
 
     # -- the Executor interface ---------------------------------------------------------
 
@@ -470,7 +433,9 @@ class EnvExecutor(Executor):
                     self._item(fn, wire.CALL, (args, kwargs))
                 raise
             others = len({id(fn) for fn, _, _ in calls}) - 1
-            item.label = _label(fn0) + (f" and {others} other functions" if others else "")
+            item.label = submission.label(fn0) + (
+                f" and {others} other functions" if others else ""
+            )
             item.label += f" (batch of {len(calls)} calls)"
             return item
 
@@ -527,7 +492,12 @@ class EnvExecutor(Executor):
         turn True; if it ends within a second its outcome stands, otherwise
         its worker is killed and its future ends cancelled.
         """
+        for actor in list(self._actors):
+            actor.close(wait=False, cancel_futures=cancel_futures)
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+        if wait:
+            for actor in list(self._actors):
+                actor.close(wait=True, cancel_futures=cancel_futures)
         if wait and self._env_hold is not None:
             self._env_hold.release()  # the workers are gone: gc may take the env
 
@@ -545,6 +515,50 @@ class EnvExecutor(Executor):
         self.shutdown(wait=True, cancel_futures=interrupted)
         return False
 
+    # -- actors ----------------------------------------------------------------------------
+
+    def actor(
+        self,
+        cls: type[Any] | str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        max_restarts: int = 0,
+        name: str | None = None,
+        env_vars: dict[str, str] | None = None,
+    ) -> Actor:
+        """One object of `cls`, built now in a worker process of its own (docs/actors.md).
+
+        `cls` is a class, sent by reference (so an env of another Python
+        works), or a ``"module:Qualname"`` string naming a class that may exist
+        only in the env. `args`/`kwargs` are its constructor's, as
+        `threading.Thread` takes them, so these options never collide with the
+        class's own parameters. `max_restarts`: how many deaths of its process
+        the actor survives (each rebuilds the object, whose state is lost).
+        `env_vars`: variables its process sees (``CUDA_VISIBLE_DEVICES``...).
+        The actor's process is not one of `max_workers`; `shutdown` ends it.
+        """
+        actor_module.check_target(cls)
+        max_restarts = actor_module.check_restarts(max_restarts)
+        variables = actor_module.check_env_vars(env_vars)
+        if self._pool._shutdown:
+            raise RuntimeError("cannot create an actor after shutdown")
+        if name is not None and any(a.name == name and a.alive for a in self._actors):
+            raise ValueError(f"this executor already has an actor named {name!r}")
+        pool = actor_module.start_local(
+            self.environment,
+            self._encoder,
+            self._options,
+            cls,
+            tuple(args),
+            dict(kwargs or {}),
+            max_restarts=max_restarts,
+            env_vars=variables,
+        )
+        handle = Actor(pool, self._encoder, cls, name)
+        self._actors.add(handle)
+        return handle
+
     # -- calling into modules that live in the environment ---------------------------------
 
     def import_module(self, module: str | os.PathLike[str]) -> ModuleProxy:
@@ -555,7 +569,7 @@ class EnvExecutor(Executor):
         not imported in the caller. A ``.py`` path that does not exist raises
         `FileNotFoundError` here, not at the first call.
         """
-        _module_reference(module)
+        module_reference(module)
         return ModuleProxy(self, module)
 
     def execute(
@@ -576,78 +590,14 @@ class EnvExecutor(Executor):
         kwargs: dict[str, Any] | None = None,
     ) -> BayouFuture[Any]:
         """Like `execute`, returning a future."""
-        name, path, roots = _module_reference(module)
+        name, path, roots = module_reference(module)
         record = (wire.FN_REF, name, function, path)
         label = f"{name}.{function}"
 
         def make() -> WorkItem:
-            stub = cast("Callable[..., Any]", _NamedCall(label))  # for labels only
+            stub = cast("Callable[..., Any]", submission.NamedCall(label))  # for labels only
             item = self._item(stub, wire.CALL, (tuple(args), dict(kwargs or {})), fn_record=record)
             item.roots = item.roots | roots
             return item
 
         return self._submit_item(make)
-
-
-class _NamedCall:
-    """Stands for a function known only by name, for labels and error messages."""
-
-    def __init__(self, label: str) -> None:
-        module, _, name = label.rpartition(".")
-        self.__module__ = module
-        self.__qualname__ = name
-
-
-def _module_reference(module: str | os.PathLike[str]) -> tuple[str, str | None, frozenset[str]]:
-    """(module name, file path or None, extra sys.path roots) for `import_module`."""
-    text = os.fspath(module)
-    if text.endswith(".py") or os.sep in text or (os.altsep and os.altsep in text):
-        path = Path(text).expanduser().resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"no such module file: {path}")
-        return path.stem, str(path), frozenset()
-    roots: frozenset[str] = frozenset()
-    if text in sys.modules:
-        root = boundary.module_root(text)
-        if root is not None:
-            roots = frozenset([root])
-    return text, None, roots
-
-
-class ModuleProxy:
-    """`ex.import_module(...)`: attribute access gives functions that run in the env."""
-
-    def __init__(self, executor: EnvExecutor, module: str | os.PathLike[str]) -> None:
-        self._executor = executor
-        self._module = module
-
-    def __getattr__(self, name: str) -> RemoteFunction:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return RemoteFunction(self._executor, self._module, name)
-
-    def __repr__(self) -> str:
-        return f"<bayou module proxy {os.fspath(self._module)!r} in env {self._executor.environment.hash}>"
-
-
-class RemoteFunction:
-    """A function of an environment-side module: call it (blocking) or `submit` it."""
-
-    def __init__(self, executor: EnvExecutor, module: str | os.PathLike[str], name: str) -> None:
-        self._executor = executor
-        self._module = module
-        self._name = name
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._executor.execute(self._module, self._name, args, kwargs)
-
-    def submit(self, *args: Any, **kwargs: Any) -> BayouFuture[Any]:
-        return self._executor.submit_call(self._module, self._name, args, kwargs)
-
-    def __getattr__(self, name: str) -> RemoteFunction:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return RemoteFunction(self._executor, self._module, f"{self._name}.{name}")
-
-    def __repr__(self) -> str:
-        return f"<bayou remote function {os.fspath(self._module)}:{self._name}>"

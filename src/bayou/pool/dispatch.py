@@ -36,6 +36,12 @@ The rules:
   a task being cancelled ends cancelled. Workers that die before READY break
   the pool after ``MAX_START_FAILURES`` in a row, or ``MAX_START_KILLS`` in a
   row when a signal someone sends killed them (the OOM killer, an admin).
+* Restarts (an actor's pool: ``max_restarts`` set). Every death that is not
+  shutdown's counts, wherever it happens (a call in flight, an idle worker,
+  a constructor that crashes the process); the death after ``max_restarts``
+  of them breaks the pool, so queued and later calls fail
+  (`errors.ActorDiedError`). ``min_workers`` keeps that many alive without
+  work: an actor is built at once, and rebuilt after a death.
 * Deadlines: start timeout, heartbeat timeout, ``task_timeout``, the cancel
   grace (`bayou.cancel`, ``SHUTDOWN_GRACE`` at shutdown), retiring workers
   that do not leave, and the memory cap, which kills only a task found over
@@ -130,6 +136,7 @@ class Exit(Generic[W]):
     fate: str = "none"  # none, requeued, retried, failed, cancelled
     error: BaseException | None = None  # for failed (and the retry's log line)
     start_failed: bool = False  # too many workers died before READY: break the pool
+    out_of_restarts: bool = False  # `Limits.max_restarts` deaths were spent: break the pool
     keep_logs: bool = False  # something went wrong: keep the workers' logs
     plan: Plan[W] = field(default_factory=Plan)
 
@@ -146,6 +153,8 @@ class Limits:
     max_memory: int | None = None
     start_timeout: float = 120.0
     spin: float = 0.0
+    max_restarts: int | None = None  # deaths tolerated (None: any number; see Restarts)
+    min_workers: int = 0  # workers kept alive with no work
 
 
 class Dispatch(Generic[W]):
@@ -161,6 +170,8 @@ class Dispatch(Generic[W]):
         self.shutdown_requested = False
         self.start_failures = 0
         self.start_kills = 0
+        self.deaths = 0  # deaths that count against `max_restarts`
+        self.served = 0  # tasks answered, all workers together
 
     # -- events ----------------------------------------------------------------
 
@@ -184,6 +195,7 @@ class Dispatch(Generic[W]):
         w.item.worker = None
         w.item = None
         w.tasks_done += 1
+        self.served += 1
         w.last_result_at = now
         limit = self.limits.max_tasks_per_child
         retire = w.exiting or (limit is not None and w.tasks_done >= limit) or over_memory
@@ -244,8 +256,12 @@ class Dispatch(Generic[W]):
         out.start_failed = (
             self.start_failures >= MAX_START_FAILURES or self.start_kills >= MAX_START_KILLS
         )
+        restarts = self.limits.max_restarts
+        if restarts is not None and not self.shutdown_requested and self.broken is None:
+            self.deaths += 1
+            out.out_of_restarts = self.deaths > restarts
         out.plan = self._plan(now)
-        out.plan.spawn = out.plan.spawn and not out.start_failed
+        out.plan.spawn = out.plan.spawn and not (out.start_failed or out.out_of_restarts)
         return out
 
     def cancel(self, item: Any, now: float, grace: float) -> W | str:
@@ -420,10 +436,12 @@ class Dispatch(Generic[W]):
     def _spawn_needed(self) -> bool:
         if self.broken is not None:
             return False
+        live = [w for w in self.workers if w.phase is not Phase.RETIRING and not w.exiting]
+        if len(live) < self.limits.min_workers and not self.shutdown_requested:
+            return True
         queued = len(self.ready) + len(self.pending)
         if not queued:
             return False
-        live = [w for w in self.workers if w.phase is not Phase.RETIRING and not w.exiting]
         starting = sum(1 for w in live if w.phase is Phase.STARTING)
         return len(live) < self.limits.max_workers and queued > starting + len(self.idle)
 

@@ -8,7 +8,8 @@
                      go of the socket (`settles`)
         PROGRESS     the future's progress callbacks
         HEARTBEAT    nothing: any frame counts as a sign of life (`last_seen`)
-        INIT_FAILED  the initializer raised: the pool is broken, as ProcessPoolExecutor
+        INIT_FAILED  the initializer (or an actor's constructor) raised: the pool is
+                     broken, as ProcessPoolExecutor's
 
 `read_last` handles what a dead worker sent before it died: its pidfd may be
 seen before its socket, and a RESULT already sent must not turn into a crash.
@@ -85,9 +86,16 @@ def _on_ready(pool: Pool, w: WorkerHandle) -> None:
 
 
 def _on_init_failed(pool: Pool, w: WorkerHandle, payload: bytes) -> None:
-    cause = protocol.rebuild_exception(pickle.loads(payload))
-    logger.critical("Exception in initializer of %s:", w.describe(), exc_info=cause)
-    pool._break(f"A worker's initializer failed: {cause!r}", cause)
+    record = pickle.loads(payload)
+    cause = protocol.rebuild_exception(record)
+    stage = record.get("stage", "initializer")  # or an actor's "constructor"
+    if stage == "constructor":  # the actor's calls fail with it: no traceback twice
+        message = f"the constructor of {w.describe()} raised {cause!r}"
+        logger.warning("%s", message)
+    else:
+        logger.critical("Exception in initializer of %s:", w.describe(), exc_info=cause)
+        message = f"A worker's initializer failed: {cause!r}"
+    pool._break(message, cause, init_failed=stage == "constructor")
 
 
 def _on_progress(pool: Pool, w: WorkerHandle, payload: bytes) -> None:

@@ -120,6 +120,21 @@ def load_failure(item: Any, record: dict, environment: Environment | None) -> st
     )
 
 
+def broken_error(
+    message: str, cause: BaseException | None, *, actor: bool, init_failed: bool
+) -> BaseException:
+    """The exception a queued task gets when its pool breaks.
+
+    A task pool's is ProcessPoolExecutor's `BrokenProcessPool`. An actor's
+    calls get the constructor's own exception when it raised (that is what a
+    user must see, not a wrapper), else `ActorDiedError`."""
+    if actor and init_failed and cause is not None:
+        return cause
+    exc = errors.ActorDiedError(message) if actor else BrokenProcessPool(message)
+    exc.__cause__ = cause
+    return exc
+
+
 def exit_error(
     who: str,
     label: str,

@@ -125,9 +125,11 @@ class WorkerHandle(Worker):
         self.output = output
         self.version = environment.python_version
         self.env_hash = environment.hash
+        self.title = ""  # how messages name it, when not "worker <slot>" (an actor)
 
     def describe(self) -> str:
-        return f"worker {self.slot} (pid {self.pid}, env {self.env_hash}, Python {self.version})"
+        who = self.title or f"worker {self.slot}"
+        return f"{who} (pid {self.pid}, env {self.env_hash}, Python {self.version})"
 
     def send(self, kind: int, payload: bytes | list = b"", fds: Sequence[int] = ()) -> bool:
         with self.send_lock:

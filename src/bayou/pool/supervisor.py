@@ -109,10 +109,21 @@ class Pool:
         runtime_root: str | os.PathLike | None = None,
         start_timeout: float = 120.0,
         settle: Callable[[WorkItem, int, Any], None] | None = None,
+        worker_env: Callable[[int], dict[str, str]] | None = None,
+        actor: bytes | None = None,
+        max_restarts: int | None = None,
+        title: str = "",
     ) -> None:
         """`settle(item, status, data)` turns a worker's answer into the future's
         outcome; by default `outcome.settle` decodes it here (a persistent pool's host
-        passes one that keeps it encoded for its client)."""
+        passes one that keeps it encoded for its client).
+
+        `worker_env(slot)` gives variables for the worker in that slot (0 to
+        max_workers - 1), and again for its replacement. `actor` makes this an
+        actor's pool (`bayou.actor`): the pickled (class, args, kwargs) its
+        one worker builds at start, before READY, and builds again after a
+        death while `max_restarts` allow. `title` names its workers in messages
+        (default: "worker <slot>")."""
         if output not in OUTPUT_MODES:
             raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUT_MODES))}")
         self.environment = environment
@@ -130,6 +141,9 @@ class Pool:
         self.spin = spin_seconds()  # see `_spin`; the workers get it too
         self._runtime_root = runtime_root
         self._logs = LogDir(log_dir)
+        self.worker_env = worker_env
+        self.actor = actor
+        self.title = title
 
         self.processes: dict[int, WorkerProcess] = {}
         self._pid = os.getpid()  # a forked child has a copy of this pool, not its workers
@@ -144,6 +158,8 @@ class Pool:
                 max_memory=max_memory_per_worker,
                 start_timeout=start_timeout,
                 spin=self.spin,
+                max_restarts=max_restarts,
+                min_workers=max_workers if actor is not None else 0,
             )
         )
         self._broken_cause: BaseException | None = None
@@ -184,6 +200,21 @@ class Pool:
     def broken(self) -> str | None:
         """Why the pool is unusable (ProcessPoolExecutor's `_broken`), or None."""
         return self.dispatch.broken
+
+    @property
+    def broken_cause(self) -> BaseException | None:
+        """The exception that broke the pool (an actor's constructor's), if any."""
+        return self._broken_cause
+
+    @property
+    def served(self) -> int:
+        """Tasks answered so far, by all workers."""
+        return self.dispatch.served
+
+    @property
+    def deaths(self) -> int:
+        """Worker deaths counted against `max_restarts` (an actor's pool)."""
+        return self.dispatch.deaths
 
     @property
     def _shutdown(self) -> bool:
@@ -242,6 +273,13 @@ class Pool:
         decision.send(wire.CANCEL, pickle.dumps(item.task_id, 4))
         self._wake()
         return True
+
+    def start(self) -> None:
+        """Start the workers that must live without work (an actor's) now, not at the
+        first submit."""
+        lifetime.check_accepting(self.dispatch.broken, self.dispatch.shutdown_requested)
+        self._ensure_started()
+        workers.spawn_soon(self)
 
     def follow(self, item: WorkItem, timeout: float | None) -> float | None:
         """Wait for a running task by reading its worker in this thread (`follow`)."""
@@ -503,6 +541,7 @@ class Pool:
             "append_path": [os.path.join(self._runtime_dir, deploy.SHIM_DIR)],
             "heartbeat_interval": heartbeat_interval(self.heartbeat_timeout),
             "initializer": self.initializer,
+            "actor": self.actor,
             "roots": self.initializer_roots,
             # multiprocessing objects made here (Manager proxies, Listeners)
             # authenticate with this key: workers need it, as spawned children
@@ -541,7 +580,9 @@ class Pool:
             workers.kill(self, w, reason)
         return max(0.0, nearest - time.monotonic())
 
-    def _break(self, message: str, cause: BaseException | None = None) -> None:
+    def _break(
+        self, message: str, cause: BaseException | None = None, *, init_failed: bool = False
+    ) -> None:
         """Make the pool unusable, like a broken ProcessPoolExecutor."""
         with self._lock:
             if self.dispatch.broken is not None:
@@ -549,11 +590,13 @@ class Pool:
             pending, to_kill = self.dispatch.break_pool(message)
             self._broken_cause = cause
         self._logs.keep = True
+        actor = self.actor is not None
         for item in pending:
             item.release()
-            exc = BrokenProcessPool(message)
-            exc.__cause__ = cause
-            fail(item.future, exc)
+            fail(
+                item.future,
+                outcome.broken_error(message, cause, actor=actor, init_failed=init_failed),
+            )
         for w in to_kill:
             workers.kill(self, w, (BrokenProcessPool, message))
 

@@ -26,6 +26,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import errors
@@ -64,13 +65,21 @@ def _spawn_one(pool: Pool) -> bool:
     slot = next(i for i in itertools.count() if i not in used)
     worker_id = next(pool._worker_ids)
     cmd = [*pool._command, pool.listener.path, str(worker_id), str(os.getpid())]
+    environ = pool._environ
+    if pool.worker_env is not None:
+        try:
+            environ = {**environ, **_slot_env(pool.worker_env, slot)}
+        except Exception as exc:
+            pool._break(f"worker_env({slot}) failed: {type(exc).__name__}: {exc}", exc)
+            return False
     try:
-        popen = process.start(cmd, pool._environ, pool.listener.key)
+        popen = process.start(cmd, environ, pool.listener.key)
     except OSError as exc:
         pool._break(f"cannot start a worker with {pool.environment.python}: {exc}", exc)
         return False
     output = WorkerOutput(pool.output, pool._logs, pool.environment.hash, slot, popen.pid)
     w = WorkerHandle(slot, worker_id, popen, output, pool.environment)
+    w.title = pool.title
     for tag, stream in (("out", popen.stdout), ("err", popen.stderr)):
         assert stream is not None  # stdout=PIPE, stderr=PIPE
         os.set_blocking(stream.fileno(), False)
@@ -82,6 +91,18 @@ def _spawn_one(pool: Pool) -> bool:
         pool.dispatch.spawned(w)
         pool.processes[w.pid] = w.process
     return True
+
+
+def _slot_env(worker_env: Callable[[int], dict[str, str]], slot: int) -> dict[str, str]:
+    """`worker_env(slot)`, checked: a mapping of str to str (the error names the slot
+    and the offending entry)."""
+    env = worker_env(slot)
+    if not isinstance(env, dict):
+        raise TypeError(f"it returned a {type(env).__name__}, not a dict")
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"{key!r}: {value!r} is not a str: str pair")
+    return env
 
 
 def kill(pool: Pool, w: WorkerHandle, reason: tuple[type | None, str] | None) -> None:
@@ -189,7 +210,13 @@ def on_exit(pool: Pool, w: WorkerHandle) -> None:
         pool._logs.keep = True
     if end.fate == "retried":
         logger.warning("%s; retrying (attempt %d)", end.error, end.item.attempts + 1)
-    if end.start_failed:
+    if end.out_of_restarts:
+        restarts = pool.dispatch.limits.max_restarts
+        pool._break(
+            f"{w.describe()} {process.exit_text(rc)} with no restarts left "
+            f"(max_restarts={restarts})" + w.output.tail()
+        )
+    elif end.start_failed:
         pool._break(
             f"workers of env {pool.environment.hash} ({pool.environment.python}) die "
             f"before they are ready: the last one {process.exit_text(rc)}" + w.output.tail()

@@ -32,7 +32,7 @@ import sys
 import traceback
 import types
 
-from . import mainscript, names, shm, wire
+from . import actor, mainscript, names, shm, wire
 
 PROTOCOL = min(5, pickle.HIGHEST_PROTOCOL)
 _VENDOR_CP = names.vendored("cloudpickle")
@@ -123,6 +123,8 @@ def resolve(record):
                     _fn_cache.clear()
                 _fn_cache[blob] = fn
         return fn
+    if record[0] == wire.FN_ACTOR:
+        return actor.method(record[1])
     _, module_name, qualname, path = record
     module = _import(module_name, path)
     obj = module

@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 
-from . import codec, context, shm, wire
+from . import actor, codec, context, shm, wire
 
 TYPE_CHECKING = False  # typing is not imported at run time: the worker starts fast
 if TYPE_CHECKING:
@@ -432,6 +432,17 @@ def main(argv=None) -> None:
             initializer(*initargs)
         except BaseException as exc:
             channel.send(wire.INIT_FAILED, _dump_record(codec.error_record(exc)))
+            sys.stderr.flush()
+            os._exit(1)
+    if config.get("actor") is not None:
+        try:
+            cls_blob, args_blob = pickle.loads(config["actor"])
+            args, kwargs = codec.loads(args_blob)
+            actor.build(codec.loads(cls_blob), args, kwargs)
+        except BaseException as exc:
+            record = codec.error_record(exc, skip=1)
+            record["stage"] = "constructor"
+            channel.send(wire.INIT_FAILED, _dump_record(record))
             sys.stderr.flush()
             os._exit(1)
     channel.send(wire.READY)

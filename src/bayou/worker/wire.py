@@ -88,6 +88,7 @@ ITEMS = 2  # like CHUNK, but the result is (values so far, error record of the f
 # Function records inside a TASK
 FN_PICKLED = "p"  # ("p", cloudpickle blob)
 FN_REF = "r"  # ("r", module, qualname, file or None)
+FN_ACTOR = "a"  # ("a", method name): a method of the worker's actor object (`actor`)
 
 # A TASK's roots are what the worker needs to import the caller's code: sys.path
 # directories, and this prefix + "path:<file>" or "module:<name>" for the caller's

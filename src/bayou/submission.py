@@ -1,0 +1,113 @@
+"""From a call in the caller's thread to a `WorkItem` in a pool: the one path every
+task, map chunk and actor call takes.
+
+    submit(pool, make) ─▶ pool accepting? (else raise, as ProcessPoolExecutor)
+                       ─▶ make() ─▶ encode_item: function record, arguments pickled
+                          now (`boundary.TaskEncoder`), big buffers staged out of band
+                          (shared memory, or inline) ─▶ WorkItem with a BayouFuture
+                       ─▶ pool.submit(item) ─▶ the item's future
+
+Pickling happens here, in the caller's thread, so a call that cannot be
+pickled fails its own future at once, naming the culprit, and a call that
+can never work in that env (`CrossVersionError`) raises at the call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from . import boundary, errors, protocol
+from . import pool as pool_module
+from .futures import BayouFuture
+from .pool import WorkItem
+from .shm import SegmentPool
+from .worker import wire
+
+
+class TargetPool(Protocol):
+    """What submitting needs of a pool: a `Pool`, or a persistent pool's `RemotePool`."""
+
+    @property
+    def broken(self) -> str | None: ...
+    @property
+    def segments(self) -> SegmentPool | None: ...
+    @property
+    def retries(self) -> int: ...
+    @property
+    def _shutdown(self) -> bool: ...
+
+    def submit(self, item: WorkItem) -> None: ...
+
+
+def label(fn: Any) -> str:
+    """How messages name a function: ``module.qualname``."""
+    module = getattr(fn, "__module__", None)
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if name is None:
+        return f"a {type(fn).__name__} object"
+    return f"{module}.{name}" if module else name
+
+
+class NamedCall:
+    """Stands for a function known only by name (a module's function in the env, an
+    actor's method), for labels and error messages."""
+
+    def __init__(self, label: str) -> None:
+        module, _, name = label.rpartition(".")
+        self.__module__ = module
+        self.__qualname__ = name
+
+
+def encode_item(
+    encoder: boundary.TaskEncoder,
+    pool: TargetPool,
+    fn: Callable[..., Any],
+    call_kind: int,
+    payload: Any,
+    *,
+    fn_record: tuple[Any, ...] | None = None,
+) -> WorkItem:
+    """The work item for `fn` over `payload` ((args, kwargs) for a CALL, argument
+    tuples for a chunk); `fn_record` when the function travels by a record of its own
+    (a module's function by name, an actor's method)."""
+    roots: frozenset[str] = frozenset()
+    if fn_record is None:
+        fn_record, roots = encoder.function(fn)
+    buffers: list[Any] = []  # big pickle buffers, out of band: shared memory or inline
+    if call_kind == wire.CALL:
+        args, kwargs = payload
+        args_blob, arg_roots = encoder.call_args(fn, args, kwargs, buffers)
+    else:
+        args_blob, arg_roots = encoder.chunk_args(fn, payload, buffers)
+    return WorkItem(
+        future=BayouFuture(),
+        call_kind=call_kind,
+        fn_record=fn_record,
+        args_blob=args_blob,
+        roots=roots | arg_roots,
+        label=label(fn),
+        call=(call_kind, payload),
+        oob=protocol.stage_buffers(buffers, pool.segments, private=pool.retries > 0)
+        if buffers
+        else None,
+    )
+
+
+def submit(pool: TargetPool, make: Callable[[], WorkItem]) -> BayouFuture[Any]:
+    """Make the item (unless the pool refuses work anyway) and submit it."""
+    # before encoding: a task refused anyway is not pickled (the pool checks again)
+    pool_module.lifetime.check_accepting(pool.broken, pool._shutdown)
+    try:
+        item = make()
+    except errors.CrossVersionError:
+        raise  # can never work: say so at the call, with the fix
+    except errors.PicklingError as exc:
+        # Like ProcessPoolExecutor, a task that cannot be pickled fails its
+        # future (at once, here) rather than raising from submit().
+        fut: BayouFuture[Any] = BayouFuture()
+        fut.set_exception(exc)
+        return fut
+    pool.submit(item)
+    future: BayouFuture[Any] = item.future
+    return future
