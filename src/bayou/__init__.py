@@ -6,10 +6,12 @@ bayou.run(env, ["python", "-c", "..."])         # a command inside it (run.py)
 """
 
 from ._version import __version__ as __version__
+from .actor import Actor
 from .bundle import pack  # bundles: docs/bundles.md
 from .env import Env
 from .environment import Environment
 from .errors import (
+    ActorDiedError,
     BayouError,
     BundleError,
     CrossVersionError,
@@ -35,6 +37,8 @@ from .store import Store
 from .task_api import cancel, cancel_requested, report_progress
 
 __all__ = [
+    "Actor",
+    "ActorDiedError",
     "attach",
     "BayouError",
     "BayouFuture",

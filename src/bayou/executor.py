@@ -193,6 +193,11 @@ class EnvExecutor(Executor):
     debug
         Each worker listens with debugpy; `debug_ports` and ``bayou debug
         NAME`` tell where (docs/debugging.md).
+    worker_env
+        ``worker_env(slot) -> dict``: variables for the worker in that slot
+        (0 to max_workers - 1), and for its replacement in the same slot, e.g.
+        ``lambda slot: {"CUDA_VISIBLE_DEVICES": str(slot)}`` to give each
+        worker its own GPU. An actor takes ``env_vars=`` instead.
 
     `shutdown(cancel_futures=True)` cancels the tasks not yet handed to a
     worker; at most one task per worker is handed over ahead of time (like
@@ -220,6 +225,7 @@ class EnvExecutor(Executor):
         persistent: bool = False,
         name: str | None = None,
         debug: bool = False,
+        worker_env: Callable[[int], dict[str, str]] | None = None,
     ) -> None:
         if name is not None:
             from .persistent.registry import check_name
@@ -253,6 +259,8 @@ class EnvExecutor(Executor):
                 raise ValueError(f"{option} must be > 0 or None")
         if retries < 0:
             raise ValueError("retries must be >= 0")
+        if worker_env is not None and not callable(worker_env):
+            raise TypeError("worker_env must be a callable: slot -> dict of variables")
         if output not in OUTPUT_MODES:
             raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUT_MODES))}")
 
@@ -284,6 +292,7 @@ class EnvExecutor(Executor):
             max_memory_per_worker=max_memory_per_worker,
             log_dir=log_dir,
             output=output,
+            worker_env=worker_env,
         )
         self._options = options
         self._pool = self._make_pool(self.environment, options, name=name, debug=debug)

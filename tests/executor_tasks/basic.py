@@ -247,3 +247,11 @@ def exit_leaving_a_child(code, child_seconds):
         os._exit(0)
     time.sleep(0.1)
     os._exit(code)
+
+
+def pid_and_env(name, pause=0.0):
+    """(this worker's pid, its value of the variable `name`), after `pause` seconds."""
+    import time
+
+    time.sleep(pause)
+    return os.getpid(), os.environ.get(name)

@@ -4,7 +4,7 @@ An actor's pool sends its worker the pickled class and (args, kwargs) in
 the WELCOME config; the worker builds the instance (`build`) before it
 says READY, so a constructor that raises becomes INIT_FAILED and fails the
 actor's calls with its own exception. Each call is then a TASK whose
-function record is ``(FN_ACTOR, method name)``: `method` looks the name up
+function record is ``(FN_ACTOR, method name)``: `call` looks the name up
 on the instance, and the task runs as any other (progress, cancel, errors).
 
 ``target`` is a class (sent by reference, so any Python works), or a
@@ -15,6 +15,7 @@ Stdlib only, Python 3.8+: this runs in the env's interpreter.
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 _instance = None
@@ -38,5 +39,10 @@ def resolve(reference: str):
 
 
 def method(name: str):
-    """The bound method (or any attribute a call names) of the actor's object."""
-    return getattr(_instance, name)
+    """What a TASK naming `name` calls: looked up at call time, so a name the object
+    lacks fails the call with its own AttributeError, not as a load failure."""
+    return functools.partial(call, name)
+
+
+def call(name: str, *args, **kwargs):
+    return getattr(_instance, name)(*args, **kwargs)
