@@ -18,35 +18,31 @@ always fresh interpreters of the environment's Python.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
-import operator
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
-from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 from . import actor as actor_module
-from . import batching, errors, protocol, submission
+from . import batching, executor_setup, protocol, submission
 from .actor import Actor
-from .environment import Environment, current_environment
+from .environment import Environment
 from .futures import BayouFuture as BayouFuture  # bayou.executor.BayouFuture still works
 from .futures import Progress as Progress  # re-exported too
-from .pool import OUTPUT_MODES, Pool, WorkItem
+from .pool import Pool, WorkItem
 from .remote_modules import ModuleProxy as ModuleProxy  # bayou.executor.ModuleProxy still works
 from .remote_modules import RemoteFunction as RemoteFunction
 from .remote_modules import module_reference
-from .store import EnvHold, Store
 from .worker import wire
 
 if TYPE_CHECKING:
-    from .shm import SegmentPool
+    pass
 
 logger = logging.getLogger("bayou.executor")
 
@@ -54,104 +50,10 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-#: `submit_batch` runs each call as ``methodcaller("__call__")(partial)``: stdlib on both sides.
-_RUN_PARTIAL = operator.methodcaller("__call__")
-
-
-def _same_kwargs(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """The same keyword arguments, the same objects (no `==`: values may be arrays)."""
-    return a.keys() == b.keys() and all(a[k] is b[k] for k in a)
-
-
-def _resolve_environment(env: Any, allow_current: bool = False) -> Environment:
-    if env is None:
-        return current_environment()
-    if isinstance(env, Environment):
-        return env
-    from .provision import provision
-
-    return provision(env, allow_current=allow_current)
-
-
-def _resolve_and_hold(env: Any, allow_current: bool) -> tuple[Environment, EnvHold | None]:
-    """The environment, marked in use in its store so `gc`/`remove` leave it alone
-    while this executor lives. A removal that won the race just before we held
-    it means the env is gone: provision it again."""
-    for _ in range(3):
-        environment = _resolve_environment(env, allow_current)
-        store = Store.containing(environment.prefix)
-        if store is None:  # the caller's interpreter, or an env made elsewhere
-            return environment, None
-        # the store knows the env by its directory's name (`Env.existing` of a
-        # store's env has a hash of its own)
-        name = Path(environment.prefix).name
-        hold = store.hold(name)
-        if store.lookup(name) is not None:
-            return environment, hold
-        hold.release()
-    raise RuntimeError(f"environment {environment.prefix} keeps being removed while starting")
-
-
-def _start_method(mp_context: Any) -> str | None:
-    """The start method of a multiprocessing context (None: none given, or not a context)."""
-    get = getattr(mp_context, "get_start_method", None)
-    if mp_context is None or not callable(get):
-        return None
-    method: str | None = get(allow_none=False)
-    return method
-
-
-def _initializer_pickling_error(
-    initializer: Callable[..., object], initargs: tuple[Any, ...], exc: Exception
-) -> errors.PicklingError:
-    """The error for an initializer or initargs that cannot be pickled, naming the culprit.
-
-    A multiprocessing queue, lock, event... in the initargs (only inheritance
-    can share those) is named by its position, with the manager proxy to pass
-    instead (`bayou.mp_objects`).
-    """
-    from . import mp_objects
-
-    found = mp_objects.locate(initargs, "initargs")
-    if found is not None:
-        where, obj = found
-        cls = type(obj)
-        return errors.PicklingError(
-            f"cannot pickle {where} ({cls.__module__}.{cls.__qualname__}) of the initializer "
-            f"{submission.label(initializer)}: {type(exc).__name__}: {exc}; "
-            f"{mp_objects.inheritance_only_hint(obj)}"
-        )
-    return errors.PicklingError(
-        f"cannot pickle the initializer {submission.label(initializer)} or its initargs: "
-        f"{type(exc).__name__}: {exc}"
-    )
-
-
 def _constructor_signature(init: Callable[..., Any]) -> inspect.Signature:
     """`init`'s signature without `self`: what calling the class takes."""
     sig = inspect.signature(init)
     return sig.replace(parameters=list(sig.parameters.values())[1:])
-
-
-class _ExecutorPool(Protocol):
-    """What an executor uses of its pool: a `Pool`, or a persistent pool's `RemotePool`."""
-
-    @property
-    def processes(self) -> dict[int, Any]: ...
-    @property
-    def broken(self) -> str | None: ...
-    @property
-    def thread(self) -> threading.Thread | None: ...
-    @property
-    def segments(self) -> SegmentPool | None: ...
-    @property
-    def retries(self) -> int: ...
-    @property
-    def _shutdown(self) -> bool: ...
-
-    def submit(self, item: WorkItem) -> None: ...
-
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None: ...
 
 
 class EnvExecutor(Executor):
@@ -231,40 +133,18 @@ class EnvExecutor(Executor):
             from .persistent.registry import check_name
 
             check_name(name)
-        if max_workers is None:
-            count = getattr(os, "process_cpu_count", os.cpu_count)()
-            max_workers = count or 1
-        elif max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
-        if max_tasks_per_child is not None:
-            if not isinstance(max_tasks_per_child, int):
-                raise TypeError("max_tasks_per_child must be an integer")
-            if max_tasks_per_child <= 0:
-                raise ValueError("max_tasks_per_child must be >= 1")
-            if _start_method(mp_context) == "fork":
-                # ProcessPoolExecutor's refusal (CPython gh-90622), word for word:
-                # code written for it expects the ValueError, though bayou's own
-                # workers never fork
-                raise ValueError(
-                    "max_tasks_per_child is incompatible with the 'fork' multiprocessing "
-                    "start method; supply a different mp_context."
-                )
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        for option, value in (
-            ("heartbeat_timeout", heartbeat_timeout),
-            ("task_timeout", task_timeout),
-        ):
-            if value is not None and value <= 0:
-                raise ValueError(f"{option} must be > 0 or None")
-        if retries < 0:
-            raise ValueError("retries must be >= 0")
-        if worker_env is not None and not callable(worker_env):
-            raise TypeError("worker_env must be a callable: slot -> dict of variables")
-        if output not in OUTPUT_MODES:
-            raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUT_MODES))}")
-
-        self.environment, self._env_hold = _resolve_and_hold(env, allow_current)
+        max_workers = executor_setup.check_arguments(
+            max_workers,
+            mp_context,
+            initializer,
+            max_tasks_per_child=max_tasks_per_child,
+            heartbeat_timeout=heartbeat_timeout,
+            task_timeout=task_timeout,
+            retries=retries,
+            worker_env=worker_env,
+            output=output,
+        )
+        self.environment, self._env_hold = executor_setup.resolve_and_hold(env, allow_current)
         if self.environment.python_xy < (3, 8):
             raise ValueError(
                 f"bayou workers need Python >= 3.8; env {self.environment.hash} has "
@@ -273,13 +153,9 @@ class EnvExecutor(Executor):
         self._encoder = protocol.TaskEncoder(
             self.environment.python_xy, foreign=not self.environment.is_current
         )
-        init_blob: bytes | None = None
-        init_roots: frozenset[str] = frozenset()
-        if initializer is not None:
-            try:
-                init_blob, init_roots = self._encoder.dumps((initializer, tuple(initargs)))
-            except Exception as exc:
-                raise _initializer_pickling_error(initializer, tuple(initargs), exc) from exc
+        init_blob, init_roots = executor_setup.encode_initializer(
+            self._encoder, initializer, tuple(initargs)
+        )
         self._max_workers = max_workers
         options = dict(
             max_workers=max_workers,
@@ -325,7 +201,7 @@ class EnvExecutor(Executor):
 
     def _make_pool(
         self, environment: Environment, options: dict[str, Any], *, name: str | None, debug: bool
-    ) -> _ExecutorPool:
+    ) -> submission.ExecutorPool:
         """The pool behind this executor (`PersistentExecutor` returns a remote one).
 
         ``debug=True``: workers listen with debugpy (docs/debugging.md).
@@ -423,32 +299,10 @@ class EnvExecutor(Executor):
         as a `functools.partial` run by `operator.methodcaller`. Both are
         stdlib, so the environment needs nothing but the functions themselves.
         """
-        calls = [(fn, tuple(args), dict(kwargs)) for fn, args, kwargs in calls]
-        if not calls:
+        batch = [(fn, tuple(args), dict(kwargs)) for fn, args, kwargs in calls]
+        if not batch:
             raise ValueError("submit_batch needs at least one call")
-        fn0, _, kwargs0 = calls[0]
-        uniform = all(fn is fn0 and _same_kwargs(kw, kwargs0) for fn, _, kw in calls)
-
-        def make() -> WorkItem:
-            try:
-                if uniform:
-                    target = functools.partial(fn0, **kwargs0) if kwargs0 else fn0
-                    item = self._item(target, wire.CHUNK, [args for _, args, _ in calls])
-                else:
-                    chunk = [(functools.partial(f, *a, **kw),) for f, a, kw in calls]
-                    item = self._item(_RUN_PARTIAL, wire.CHUNK, chunk)
-            except errors.PicklingError:
-                for fn, args, kwargs in calls:  # raise the error naming the call at fault
-                    self._item(fn, wire.CALL, (args, kwargs))
-                raise
-            others = len({id(fn) for fn, _, _ in calls}) - 1
-            item.label = submission.label(fn0) + (
-                f" and {others} other functions" if others else ""
-            )
-            item.label += f" (batch of {len(calls)} calls)"
-            return item
-
-        return self._submit_item(make)
+        return self._submit_item(lambda: submission.batch_item(self._encoder, self._pool, batch))
 
     def map(
         self,

@@ -14,6 +14,9 @@ can never work in that env (`CrossVersionError`) raises at the call.
 
 from __future__ import annotations
 
+import functools
+import operator
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -23,6 +26,9 @@ from .futures import BayouFuture
 from .pool import WorkItem
 from .shm import SegmentPool
 from .worker import wire
+
+#: `batch_item` runs each call as ``methodcaller("__call__")(partial)``: stdlib on both sides.
+_RUN_PARTIAL = operator.methodcaller("__call__")
 
 
 class TargetPool(Protocol):
@@ -38,6 +44,17 @@ class TargetPool(Protocol):
     def _shutdown(self) -> bool: ...
 
     def submit(self, item: WorkItem) -> None: ...
+
+
+class ExecutorPool(TargetPool, Protocol):
+    """What an executor uses of its pool: a `Pool`, or a persistent pool's `RemotePool`."""
+
+    @property
+    def processes(self) -> dict[int, Any]: ...
+    @property
+    def thread(self) -> threading.Thread | None: ...
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None: ...
 
 
 def label(fn: Any) -> str:
@@ -92,6 +109,41 @@ def encode_item(
         if buffers
         else None,
     )
+
+
+def batch_item(
+    encoder: boundary.TaskEncoder,
+    pool: TargetPool,
+    calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
+) -> WorkItem:
+    """One CHUNK task running ``(fn, args, kwargs)`` calls in order (`submit_batch`).
+
+    When every call has the same function and the same keyword arguments
+    (the usual ``delayed(f)(x, k=1)`` loop), it travels exactly like a `map`
+    chunk; otherwise each call travels as a `functools.partial` run by
+    `operator.methodcaller`: stdlib, so the env needs only the functions."""
+    fn0, _, kwargs0 = calls[0]
+    uniform = all(fn is fn0 and _same_kwargs(kw, kwargs0) for fn, _, kw in calls)
+    try:
+        if uniform:
+            target = functools.partial(fn0, **kwargs0) if kwargs0 else fn0
+            item = encode_item(encoder, pool, target, wire.CHUNK, [a for _, a, _ in calls])
+        else:
+            chunk = [(functools.partial(f, *a, **kw),) for f, a, kw in calls]
+            item = encode_item(encoder, pool, _RUN_PARTIAL, wire.CHUNK, chunk)
+    except errors.PicklingError:
+        for fn, args, kwargs in calls:  # raise the error naming the call at fault
+            encode_item(encoder, pool, fn, wire.CALL, (args, kwargs))
+        raise
+    others = len({id(fn) for fn, _, _ in calls}) - 1
+    item.label = label(fn0) + (f" and {others} other functions" if others else "")
+    item.label += f" (batch of {len(calls)} calls)"
+    return item
+
+
+def _same_kwargs(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """The same keyword arguments, the same objects (no `==`: values may be arrays)."""
+    return a.keys() == b.keys() and all(a[k] is b[k] for k in a)
 
 
 def submit(pool: TargetPool, make: Callable[[], WorkItem]) -> BayouFuture[Any]:
