@@ -4,11 +4,12 @@
 state machine: queues, workers' phases, retries, deadlines) decides. The
 other parts each do one job: `process` (start, signal, describe one worker
 process), `workers` (spawning, pipes and deaths, as the supervisor runs them),
-`connection` (the handshake), `frames` (one worker's frames in), `output` (a
-worker's stdout/stderr),
-`outcome` (a RESULT or a death becomes a value or an exception), `follow`
-(the waiting thread reads its own worker), and `lifetime` (the process-wide
-duties: the exit hook, forks).
+`connection` (the handshake), `welcome` (a verified connection becomes a
+worker's socket), `frames` (one worker's frames in), `output` (a worker's
+stdout/stderr), `outcome` (a RESULT or a death becomes a value or an
+exception), `follow` (the waiting thread reads its own worker), `loop_io`
+(the loop's listener, selector and wakeup pipe), `crash` (the loop itself
+raised), and `lifetime` (the process-wide duties: the exit hook, forks).
 """
 
 from . import lifetime, outcome

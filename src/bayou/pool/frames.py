@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import select
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -130,7 +131,8 @@ def _on_result(
         status, data = wire.RAISED, exc
         if reply is not None and pool.segments is not None:
             pool.segments.settle(reply)
-    over_memory = pool.max_memory is not None and workers.rss(pool, w) > pool.max_memory
+    cap = pool.limits.max_memory
+    over_memory = cap is not None and workers.rss(pool, w) > cap
     with pool._lock:
         retire, plan = pool.dispatch.result(w, time.monotonic(), over_memory)
         if retire:
@@ -158,3 +160,13 @@ def read_last(pool: Pool, w: WorkerHandle) -> None:
     except OSError:  # BlockingIOError: nothing more; anything else: it is gone
         pass
     _frames(pool, w)
+
+
+def waiting(sock) -> bool:
+    """Whether a frame from this worker is waiting to be read."""
+    if sock is None:
+        return False
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False

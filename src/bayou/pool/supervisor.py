@@ -45,7 +45,7 @@ repeatedly die before becoming ready, break the pool like ProcessPoolExecutor:
 pending futures fail with `BrokenProcessPool` and `submit` raises it. So does
 an exception escaping the supervisor loop itself (a bug in bayou): every
 unsettled future fails with a `BrokenProcessPool` whose `__cause__` is that
-exception, and the workers are killed (`_crashed`).
+exception, and the workers are killed (`crash`).
 
 Workers are spawned only from the supervisor thread: on Linux they ask for
 PR_SET_PDEATHSIG, which fires when the *thread* that forked them ends, and the
@@ -59,13 +59,9 @@ import collections
 import functools
 import itertools
 import logging
-import multiprocessing
 import os
 import pickle
-import select
 import selectors
-import signal
-import sys
 import threading
 import time
 import weakref
@@ -74,17 +70,18 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from .. import errors, protocol, shm
+from .. import protocol, shm
 from ..environment import Environment
 from ..futures import end_cancelled, fail
 from ..worker import deploy, wire
-from . import follow, frames, lifetime, outcome, process, workers
+from . import crash, follow, frames, lifetime, outcome, process, welcome, workers
 from .connection import Handshakes
-from .dispatch import QUIET, Dispatch, Limits, Phase
+from .dispatch import QUIET, Dispatch, Limits
+from .loop_io import LoopIO
 from .output import MODES as OUTPUT_MODES
 from .output import LogDir
 from .process import WorkerProcess
-from .records import WorkerHandle, WorkItem, heartbeat_interval, spin_seconds
+from .records import WorkerHandle, WorkItem, spin_seconds
 
 logger = logging.getLogger("bayou.executor")
 
@@ -132,12 +129,7 @@ class Pool:
         self.max_workers = max_workers
         self.initializer = initializer
         self.initializer_roots = sorted(initializer_roots)
-        self.max_tasks_per_child = max_tasks_per_child
-        self.heartbeat_timeout = heartbeat_timeout
-        self.task_timeout = task_timeout
         self.retries = retries
-        self.max_memory = max_memory_per_worker
-        self.start_timeout = start_timeout
         self.spin = spin_seconds()  # see `_spin`; the workers get it too
         self._runtime_root = runtime_root
         self._logs = LogDir(log_dir)
@@ -148,20 +140,19 @@ class Pool:
         self.processes: dict[int, WorkerProcess] = {}
         self._pid = os.getpid()  # a forked child has a copy of this pool, not its workers
         # every decision: queues, workers' phases, deadlines (under self._lock)
-        self.dispatch: Dispatch[WorkerHandle] = Dispatch(
-            Limits(
-                max_workers=max_workers,
-                max_tasks_per_child=max_tasks_per_child,
-                heartbeat_timeout=heartbeat_timeout,
-                task_timeout=task_timeout,
-                retries=retries,
-                max_memory=max_memory_per_worker,
-                start_timeout=start_timeout,
-                spin=self.spin,
-                max_restarts=max_restarts,
-                min_workers=max_workers if actor is not None else 0,
-            )
+        self.limits = Limits(
+            max_workers=max_workers,
+            max_tasks_per_child=max_tasks_per_child,
+            heartbeat_timeout=heartbeat_timeout,
+            task_timeout=task_timeout,
+            retries=retries,
+            max_memory=max_memory_per_worker,
+            start_timeout=start_timeout,
+            spin=self.spin,
+            max_restarts=max_restarts,
+            min_workers=max_workers if actor is not None else 0,
         )
+        self.dispatch: Dispatch[WorkerHandle] = Dispatch(self.limits)
         self._broken_cause: BaseException | None = None
         self._lock = threading.Lock()
         self._futures: weakref.WeakSet = weakref.WeakSet()  # for a supervisor crash
@@ -170,10 +161,7 @@ class Pool:
         self._calls: collections.deque = collections.deque()
         self._following = 0  # threads in `follow`
         self.thread: threading.Thread | None = None
-        self._listener: protocol.Listener | None = None
-        self._selector: selectors.BaseSelector | None = None
-        self._wake_r = self._wake_w = -1
-        self._handshakes: Handshakes | None = None
+        self._io: LoopIO | None = None  # listener, selector, wakeup pipe: made at start
         self._command: list[str] = []
         self._environ: dict[str, str] = {}
         self._runtime_dir = ""
@@ -183,18 +171,28 @@ class Pool:
     # set by `_ensure_started`, before the supervisor's loop or any worker exists
     @property
     def selector(self) -> selectors.BaseSelector:
-        assert self._selector is not None, "the pool is not started"
-        return self._selector
+        assert self._io is not None, "the pool is not started"
+        return self._io.selector
 
     @property
     def listener(self) -> protocol.Listener:
-        assert self._listener is not None, "the pool is not started"
-        return self._listener
+        assert self._io is not None, "the pool is not started"
+        return self._io.listener
+
+    @property
+    def io(self) -> LoopIO:
+        assert self._io is not None, "the pool is not started"
+        return self._io
+
+    @property
+    def _listener(self) -> protocol.Listener | None:
+        """The listening socket, None before the pool starts (tests read its key)."""
+        return None if self._io is None else self._io.listener
 
     @property
     def handshakes(self) -> Handshakes:
-        assert self._handshakes is not None, "the pool is not started"
-        return self._handshakes
+        assert self._io is not None, "the pool is not started"
+        return self._io.handshakes
 
     @property
     def broken(self) -> str | None:
@@ -326,14 +324,7 @@ class Pool:
                 str(env.python), self._runtime_dir, isolated=not env.is_current
             )
             self._environ = env.environ()
-            self._listener = protocol.Listener()
-            self._selector = selectors.DefaultSelector()
-            self._handshakes = Handshakes(self._listener, self._selector)
-            self._wake_r, self._wake_w = os.pipe()
-            os.set_blocking(self._wake_r, False)
-            os.set_blocking(self._wake_w, False)
-            self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake",))
-            self._selector.register(self._listener.sock, selectors.EVENT_READ, ("listen",))
+            self._io = LoopIO()
             thread = threading.Thread(
                 target=self._run, name=f"bayou-supervisor-{env.hash}", daemon=True
             )
@@ -342,10 +333,8 @@ class Pool:
             self.thread = thread
 
     def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):
-            pass
+        if self._io is not None:
+            self._io.wake()
 
     def _in_supervisor(self, fn: Callable[[], None]) -> None:
         """Run `fn` on the supervisor thread and wait for it (spawning must happen there)."""
@@ -386,84 +375,12 @@ class Pool:
                 if self._maybe_finish():
                     break
         except BaseException as exc:
-            self._crashed(exc)
+            crash.fail_everything(self, exc)
         finally:
             try:
                 self._close()
             except BaseException:
                 logger.exception("bayou supervisor: error while closing the pool")
-
-    def _crashed(self, exc: BaseException) -> None:
-        """The supervisor loop raised (a bug in bayou): break the pool, fail everything.
-
-        Written not to trust the supervisor's state: every step is best effort,
-        and nothing here goes through the selector or the workers' sockets.
-        """
-        message = (
-            f"the pool's supervisor thread crashed (a bug in bayou): {type(exc).__name__}: {exc}"
-        )
-        try:
-            logger.critical("bayou supervisor thread crashed", exc_info=exc)
-        except BaseException:
-            pass
-        with self._lock:
-            d = self.dispatch
-            if d.broken is None:
-                d.broken = message
-                self._broken_cause = exc
-            items = [*d.ready, *d.pending]
-            d.ready.clear()
-            d.pending.clear()
-            doomed = list(d.workers)
-            for w in doomed:
-                if w.item is not None:
-                    items.append(w.item)
-                    w.item.worker = None
-                    w.item = None
-            d.idle.clear()
-            futures = list(self._futures)
-        self._logs.keep = True
-        for w in doomed:
-            w.kill_reason = w.kill_reason or (BrokenProcessPool, message)
-            for kill in (os.killpg, os.kill):
-                try:
-                    kill(w.pid, signal.SIGKILL)
-                    break
-                except OSError:
-                    continue
-        for w in doomed:
-            try:
-                w.popen.wait(timeout=5.0)
-            except BaseException:
-                pass
-            w.phase = Phase.DEAD
-            w.process._reaped.set()
-            for closable in (w.sock, w.popen.stdout, w.popen.stderr, w.output.log_file):
-                try:
-                    if closable is not None:
-                        closable.close()
-                except BaseException:
-                    pass
-            if w.pidfd is not None:
-                try:
-                    os.close(w.pidfd)
-                except OSError:
-                    pass
-                w.pidfd = None
-        with self._lock:
-            self.dispatch.workers.clear()
-            self.processes.clear()
-        for item in items:
-            item.release()
-        # Every future this pool made and nobody settled, wherever the crash left
-        # its item (the supervisor's records may be inconsistent by now).
-        for fut in futures:
-            try:
-                err = BrokenProcessPool(message)
-                err.__cause__ = exc
-                fail(fut, err)
-            except BaseException:
-                pass
 
     def _run_calls(self) -> None:
         while self._calls:
@@ -489,66 +406,15 @@ class Pool:
         elif tag == "pidfd":
             workers.on_exit(self, data[1])
         elif tag == "wake":
-            try:
-                while os.read(self._wake_r, 4096):
-                    pass
-            except BlockingIOError:
-                pass
+            self.io.drain()
         elif tag == "listen":
             self.handshakes.accept()
         elif tag == "conn":
-            self._on_handshake(key.fileobj)
-
-    def _on_handshake(self, conn) -> None:
-        """A connection not yet authenticated sent something (`connection.Handshakes`)."""
-        verified = self.handshakes.on_data(conn)
-        if verified is None:
-            return
-        conn, worker_nonce, worker_id, info = verified
-        worker = None
-        for w in self._workers:
-            if w.worker_id == worker_id and w.sock is None and not w.dead:
-                worker = w
-        if worker is None:
-            conn.close()
-            return
-        actual = tuple(info.get("version", (0, 0)))[:2]
-        if actual != self.environment.python_xy:
-            conn.close()
-            self._break(
-                f"environment {self.environment.hash} declares Python "
-                f"{self.environment.python_version} but {self.environment.python} is "
-                f"Python {'.'.join(map(str, info.get('version', ())))}"
-            )
-            return
-        worker.version = ".".join(map(str, info["version"]))
-        worker.sock, worker.reader = conn, wire.FrameReader()
-        worker.last_seen = time.monotonic()
-        self.selector.register(conn, selectors.EVENT_READ, worker.sock_data)
-        try:
-            protocol.welcome(conn, self.listener.key, worker_nonce, self._worker_config())
-        except OSError:
-            pass  # it died; EOF follows
+            welcome.on_handshake(self, key.fileobj)
 
     def _worker_config(self) -> dict:
-        env = self.environment
-        sys_path = None
-        if env.is_current:
-            cwd = os.getcwd()
-            sys_path = [os.path.join(cwd, p) if p else cwd for p in sys.path]
-        return {
-            "sys_path": sys_path,
-            "append_path": [os.path.join(self._runtime_dir, deploy.SHIM_DIR)],
-            "heartbeat_interval": heartbeat_interval(self.heartbeat_timeout),
-            "initializer": self.initializer,
-            "actor": self.actor,
-            "roots": self.initializer_roots,
-            # multiprocessing objects made here (Manager proxies, Listeners)
-            # authenticate with this key: workers need it, as spawned children
-            # get it. Only ever sent in this authenticated message.
-            "authkey": bytes(multiprocessing.current_process().authkey),
-            "spin": self.spin,
-        }
+        """What WELCOME tells a worker (`welcome.worker_config`; `DebugPool` adds to it)."""
+        return welcome.worker_config(self)
 
     def _forget_process(self, w: WorkerHandle) -> None:
         """`w` leaves `processes` (ProcessPoolExecutor's view) once retired or dead."""
@@ -574,7 +440,7 @@ class Pool:
                 workers.on_exit(self, w)  # no pidfd on this platform: poll
         with self._lock:
             kills, nearest = self.dispatch.timers(
-                time.monotonic(), lambda w: workers.rss(self, w), lambda w: _has_input(w.sock)
+                time.monotonic(), lambda w: workers.rss(self, w), lambda w: frames.waiting(w.sock)
             )
         for w, reason in kills:
             workers.kill(self, w, reason)
@@ -620,24 +486,9 @@ class Pool:
             self.segments.close()
         for _, done in list(self._calls):
             done.set()
-        if self._handshakes is not None:
-            self._handshakes.close()
-        if self._listener is not None:
-            self._listener.close()
-        if self._selector is not None:
-            self._selector.close()
-        fds = (self._wake_r, self._wake_w)
-        self._wake_r = self._wake_w = -1
-        for fd in fds:
-            if fd >= 0:
-                os.close(fd)
+        if self._io is not None:
+            self._io.close()
         self._logs.close()
-
-
-WorkerCrashedError = errors.WorkerCrashedError
-WorkerHungError = errors.WorkerHungError
-TaskTimeoutError = errors.TaskTimeoutError
-MemoryLimitError = errors.MemoryLimitError
 
 
 def _cancel_by_ref(pool_ref, item_ref, grace: float = 5.0) -> bool:
@@ -646,13 +497,3 @@ def _cancel_by_ref(pool_ref, item_ref, grace: float = 5.0) -> bool:
     if pool is None or item is None:
         return False  # settled and dropped: too late to cancel
     return pool.cancel(item, grace)
-
-
-def _has_input(sock) -> bool:
-    """Whether a frame from this worker is waiting to be read."""
-    if sock is None:
-        return False
-    try:
-        return bool(select.select([sock], [], [], 0)[0])
-    except (OSError, ValueError):
-        return False
