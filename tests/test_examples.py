@@ -11,6 +11,10 @@ import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EXPECTED = {
+    "actor_model.py": [
+        "results agree with the first call: True",
+        "the model runs on Python 3.9, numpy 1.23.5, 206 calls served",
+    ],
     "joblib_backend.py": [
         "'2024.1-final-ish'   -> LegacyVersion (packaging 21.3)",
         "...and the caller has packaging",
