@@ -42,7 +42,7 @@ CHILD = textwrap.dedent(
 
     def consume(ex):
         results = ex.map(interrupt.mark_and_sleep, *args)
-        print("socket", ex._pool._listener.directory, flush=True)
+        print("socket", ex._pool.listener.directory, flush=True)
         for value in results:
             print("got", value, flush=True)
 

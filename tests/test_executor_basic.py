@@ -145,7 +145,7 @@ def test_shutdown_semantics():
     with pytest.raises(RuntimeError, match="after shutdown"):
         ex.submit(basic.add, 1, 2)
     ex.shutdown()  # idempotent
-    assert not os.path.exists(pool._listener.directory)
+    assert not os.path.exists(pool.listener.directory)
     for pid in pids:
         assert not psutil.pid_exists(pid)
 
@@ -314,8 +314,8 @@ def test_hard_cancel_kills_after_grace():
 def test_key_never_in_argv_or_environ_and_socket_dir_private():
     with EnvExecutor(2) as ex:
         ex.submit(basic.add, 1, 2).result(T)
-        key = ex._pool._listener.key
-        directory = ex._pool._listener.directory
+        key = ex._pool.listener.key
+        directory = ex._pool.listener.directory
         assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
         for pid in ex._processes:
             for name in ("cmdline", "environ"):

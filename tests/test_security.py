@@ -48,7 +48,7 @@ def _connect(ex) -> tuple[socket.socket, bytes]:
     """Connect to the pool's socket as a stranger; the CHALLENGE nonce it sends."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(T)
-    sock.connect(ex._pool._listener.path)
+    sock.connect(ex._pool.listener.path)
     kind, nonce = wire.recv_frame(sock, wire.FrameReader())
     assert kind == wire.CHALLENGE and len(nonce) == wire.NONCE_SIZE
     return sock, bytes(nonce)
@@ -95,7 +95,7 @@ def test_client_of_another_pool_is_rejected():
         a.submit(basic.add, 1, 1).result(T)
         b.submit(basic.add, 1, 1).result(T)
         sock, nonce = _connect(b)
-        sock.sendall(_auth_frame(wire.digest(a._pool._listener.key, nonce)))
+        sock.sendall(_auth_frame(wire.digest(a._pool.listener.key, nonce)))
         assert _dropped(sock)
         _still_works(a)
         _still_works(b)
@@ -103,7 +103,7 @@ def test_client_of_another_pool_is_rejected():
 
 def test_key_holder_claiming_an_unknown_worker_is_rejected(ex):
     sock, nonce = _connect(ex)
-    sock.sendall(_auth_frame(wire.digest(ex._pool._listener.key, nonce), worker_id=10**6))
+    sock.sendall(_auth_frame(wire.digest(ex._pool.listener.key, nonce), worker_id=10**6))
     assert _dropped(sock)
     _still_works(ex)
 
@@ -211,7 +211,7 @@ def test_key_never_in_argv_environ_logs_or_error_messages(tmp_path, caplog):
     logs = tmp_path / "logs"
     with EnvExecutor(2, log_dir=logs, output="logging", retries=0) as ex:
         ex.submit(basic.print_lines, 3).result(T)
-        key = ex._pool._listener.key
+        key = ex._pool.listener.key
         texts = []
         for fut in (
             ex.submit(basic.raise_value_error, "boom"),
@@ -249,7 +249,7 @@ def test_private_files_and_directories_whatever_the_umask(store):
     try:
         with EnvExecutor(1) as ex:
             ex.submit(basic.print_lines, 1).result(T)
-            listener = ex._pool._listener
+            listener = ex._pool.listener
             assert _mode(listener.directory) == 0o700
             assert os.listdir(listener.directory) == ["s"]
             log_dir = ex._pool.log_dir
@@ -367,7 +367,7 @@ def test_a_killed_callers_socket_directory_is_swept_at_the_next_start(tmp_path):
     start = (
         "import os, bayou\n"
         "ex = bayou.EnvExecutor(1)\n"
-        "print(ex.submit(os.getpid).result(60), ex._pool._listener.directory, flush=True)\n"
+        "print(ex.submit(os.getpid).result(60), ex._pool.listener.directory, flush=True)\n"
     )
     caller = subprocess.Popen(
         [sys.executable, "-c", start + "import time; time.sleep(600)\n"],

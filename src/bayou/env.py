@@ -6,8 +6,8 @@ form so that the same environment written two ways shares one directory on
 disk:
 
     Env(...) / Env.from_file(...)
-        │ validate every entry (SpecError names file, line and entry)
-        ▼
+        │ validate every entry (SpecError names file, line and entry; see
+        ▼ `bayou.spec_entries`)
     canonical form ── json (sorted keys) ── sha256 ──▶ Env.hash
 
 What is in the hash: the kind of env, the Python version, conda specs
@@ -24,124 +24,37 @@ A locked env (`Env.from_file` of a pixi.lock, conda-lock.yml or pylock.toml,
 kind ``"lock"``) is different: its identity is the digest of what the lock
 installs on this platform (see `bayou.lockfiles`), with the Python version a
 pylock.toml is installed for.
+
+The file readers (`specfiles`, `pyproject`, `lock_formats`) return the
+constructor's arguments or a lock, never an `Env`: this module is the one
+that makes Envs, and nothing it imports imports it back.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import platform as _platform
-import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, cast
-
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
+from typing import Any, cast
 
 from .errors import SpecError
+from .lock_formats import lock_label, locked_from_dict, replaced_lock
+from .lockfiles import LockedSpec
+from .spec_entries import BACKENDS as BACKENDS  # importable from bayou.env too, as before
+from .spec_entries import DEFAULT_CHANNELS as DEFAULT_CHANNELS
+from .spec_entries import EnvArgs, canonical_spec, valid_env_vars
+from .spec_entries import caller_python_version as caller_python_version
+from .spec_entries import conda_platform as conda_platform
+from .spec_entries import conda_spec_name as conda_spec_name
+from .spec_entries import normalize_conda_spec as normalize_conda_spec
+from .spec_entries import normalize_pip_requirement as normalize_pip_requirement
+from .spec_entries import normalize_python as normalize_python
+from .spec_entries import pip_requirement_name as pip_requirement_name
 
-if TYPE_CHECKING:
-    from .lockfiles import LockedSpec
-
-DEFAULT_CHANNELS = ("conda-forge",)
-# Tools that can build the conda part (see bayou.provision.external).
-BACKENDS = ("rattler", "micromamba", "pixi", "conda")
 _HASH_VERSION = 1  # bump when the canonical form changes meaning
-
-# A conda match spec as users write it: optional `channel::`, a package name,
-# then an optional version/build part (`=1.2`, `>=1,<2`, ` 1.2.* py_0`, `[build=...]`).
-_CONDA_NAME = re.compile(
-    r"^(?:(?P<channel>[A-Za-z0-9_.\-:/]+)::)?(?P<name>[A-Za-z0-9_][A-Za-z0-9_.\-]*)"
-)
-_CONDA_REST = re.compile(r"^[A-Za-z0-9_.*<>=!,|~+\-\[\]'\" ]*$")
-_PYTHON_VERSION = re.compile(r"^(3)\.(\d{1,2})(?:\.(\d{1,3}))?$")
-_PYTHON_CONDA_SIMPLE = re.compile(r"^(?:=?=?|\s*)(3\.\d{1,2}(?:\.\d{1,3})?)(?:\.\*)?$")
-_ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_PIP_OPTIONS = ("--index-url", "--extra-index-url", "--find-links", "--pre")
-
-
-def conda_platform() -> str:
-    """The conda subdir of this machine, e.g. `linux-64` or `osx-arm64`."""
-    system = {"Linux": "linux", "Darwin": "osx", "Windows": "win"}.get(
-        _platform.system(), _platform.system().lower()
-    )
-    machine = _platform.machine().lower()
-    arch = {
-        "x86_64": "64",
-        "amd64": "64",
-        "aarch64": "aarch64",
-        "arm64": "arm64",
-        "ppc64le": "ppc64le",
-    }.get(machine, machine)
-    if system == "linux" and arch == "arm64":
-        arch = "aarch64"
-    if system == "osx" and arch == "aarch64":
-        arch = "arm64"
-    return f"{system}-{arch}"
-
-
-def caller_python_version() -> str:
-    return f"{sys.version_info.major}.{sys.version_info.minor}"
-
-
-def normalize_python(value: str, *, file: str | None = None, line: int | None = None) -> str:
-    text = str(value).strip()
-    if not _PYTHON_VERSION.match(text):
-        raise SpecError(
-            "python must be a version like '3.12' or '3.12.1'", file=file, line=line, entry=text
-        )
-    return text
-
-
-def normalize_conda_spec(spec: str, *, file: str | None = None, line: int | None = None) -> str:
-    """Validate a conda match spec and return its canonical text."""
-    text = str(spec).strip()
-    match = _CONDA_NAME.match(text)
-    rest = text[match.end() :] if match else ""
-    if not text or not match or not _CONDA_REST.match(rest):
-        raise SpecError("not a valid conda package spec", file=file, line=line, entry=text)
-    channel = match.group("channel")
-    name = match.group("name").lower()
-    rest = re.sub(r"\s+", " ", rest).strip()
-    if rest and rest[0] not in "=<>!~[":
-        rest = " " + rest  # "numpy 1.2.*": the version is separated by a space
-    # Whitespace around operators carries no meaning: `>= 1.2` is `>=1.2`.
-    rest = re.sub(r"\s*([=<>!~,|])\s*", r"\1", rest)
-    return f"{channel + '::' if channel else ''}{name}{rest}"
-
-
-def conda_spec_name(spec: str) -> str:
-    match = _CONDA_NAME.match(spec)
-    assert match, spec
-    return match.group("name").lower()
-
-
-def normalize_pip_requirement(
-    req: str, *, file: str | None = None, line: int | None = None
-) -> str:
-    """Validate a PEP 508 requirement and return its canonical text."""
-    text = str(req).strip()
-    try:
-        parsed = Requirement(text)
-    except InvalidRequirement as exc:
-        raise SpecError(f"not a valid pip requirement: {exc}", file=file, line=line, entry=text)
-    out: str = canonicalize_name(parsed.name)
-    if parsed.extras:
-        out += "[" + ",".join(sorted(canonicalize_name(e) for e in parsed.extras)) + "]"
-    if parsed.url:
-        out += f" @ {parsed.url}"
-    else:
-        out += ",".join(sorted(str(s) for s in parsed.specifier))
-    if parsed.marker is not None:
-        out += f"; {parsed.marker}"
-    return out
-
-
-def pip_requirement_name(req: str) -> str:
-    return canonicalize_name(Requirement(req).name)
 
 
 class Env:
@@ -197,54 +110,17 @@ class Env:
         _source: str | None = None,
         _lines: Mapping[str, int | None] | None = None,
     ) -> None:
-        lines = dict(_lines or {})
-        if isinstance(conda, str) or isinstance(pip, str):
-            raise SpecError("conda= and pip= take a list of specs, not a single string")
-        conda_specs: list[str] = []
-        python_from_conda: str | None = None
-        for raw in conda:
-            spec = normalize_conda_spec(raw, file=_source, line=lines.get(str(raw)))
-            if conda_spec_name(spec) == "python":
-                python_from_conda = _python_from_conda_spec(spec)
-            conda_specs.append(spec)
-        if python is not None:
-            python = normalize_python(python, file=_source)
-            if python_from_conda and python_from_conda != python:
-                raise SpecError(
-                    f"python={python!r} contradicts the conda spec for python",
-                    file=_source,
-                    entry=next(s for s in conda_specs if conda_spec_name(s) == "python"),
-                )
-        python = python or python_from_conda
-        if conda_specs and not any(conda_spec_name(s) == "python" for s in conda_specs):
-            # Every bayou env runs Python workers: a conda env always gets one. The
-            # version is recorded as if asked for, so to_dict/from_dict round-trips.
-            python = python or caller_python_version()
-            conda_specs.append(f"python {python}.*")
-        pip_reqs = [
-            normalize_pip_requirement(r, file=_source, line=lines.get(str(r))) for r in pip
-        ]
-        options = [_normalize_pip_option(o, _source) for o in pip_options]
-        chans = [_normalize_channel(c, _source) for c in channels]
-        if conda_specs and not chans:
-            raise SpecError("a conda environment needs at least one channel", file=_source)
-        variables = _valid_env_vars(env_vars, _source)
-        if backend is not None and backend not in BACKENDS:
-            raise SpecError(
-                f"backend must be one of {', '.join(BACKENDS)} (or None: py-rattler, "
-                "unless $BAYOU_BACKEND says otherwise)",
-                file=_source,
-                entry=str(backend),
-            )
-
+        spec = canonical_spec(
+            python, conda, pip, channels, env_vars, pip_options, backend, _source, _lines or {}
+        )
         self._set(
             _kind="spec",
-            _python=python or (None if conda_specs else caller_python_version()),
-            _conda=tuple(sorted(set(conda_specs))),
-            _pip=tuple(sorted(set(pip_reqs))),
-            _pip_options=tuple(options),
-            _channels=tuple(dict.fromkeys(chans)) if conda_specs else (),
-            _env_vars=MappingProxyType(variables),
+            _python=spec.python,
+            _conda=spec.conda,
+            _pip=spec.pip,
+            _pip_options=spec.pip_options,
+            _channels=spec.channels,
+            _env_vars=spec.env_vars,
             _name=name,
             _path=None,
             _source=_source,
@@ -266,9 +142,13 @@ class Env:
         `environment` picks one of a pixi.lock's environments (default
         ``"default"``); `python` is the X.Y a pylock.toml is installed for
         (default: the caller's, when the lock allows it)."""
-        from .specfiles import read_spec_file
+        from .specfiles import read_spec_file  # the readers load when a file is read
 
-        return read_spec_file(Path(path), environment=environment, python=python)
+        file = Path(path)
+        found = read_spec_file(file, environment=environment, python=python)
+        if isinstance(found, LockedSpec):
+            return cls._from_lock(found, name=lock_label(file, found), source=str(file))
+        return cls._from_args(found)
 
     @classmethod
     def from_script(cls, path: str | Path) -> Env:
@@ -277,7 +157,22 @@ class Env:
         ``[tool.bayou]`` or ``[tool.pixi]`` table)."""
         from .pyproject import read_script
 
-        return read_script(Path(path))
+        return cls._from_args(read_script(Path(path)))
+
+    @classmethod
+    def _from_args(cls, args: EnvArgs) -> Env:
+        """The env a spec file asks for (its entries were checked as it was read)."""
+        return cls(
+            python=args.python,
+            conda=args.conda,
+            pip=args.pip,
+            channels=args.channels,
+            env_vars=args.env_vars,
+            name=args.name,
+            pip_options=args.pip_options,
+            _source=args.source,
+            _lines=args.lines,
+        )
 
     @classmethod
     def _from_lock(
@@ -297,7 +192,7 @@ class Env:
             _pip=tuple(p.pin for p in lock.pypi),
             _pip_options=(),
             _channels=tuple(lock.channels),
-            _env_vars=MappingProxyType(_valid_env_vars(env_vars, source)),
+            _env_vars=MappingProxyType(valid_env_vars(env_vars, source)),
             _name=name,
             _path=None,
             _source=source,
@@ -419,7 +314,7 @@ class Env:
     def canonical(self) -> dict[str, Any]:
         """The data the hash is computed from (see the module docstring)."""
         if self._kind == "lock":
-            lock = cast("LockedSpec", self._lock)
+            lock = cast(LockedSpec, self._lock)
             return {
                 "v": _HASH_VERSION,
                 "kind": "lock",
@@ -452,7 +347,7 @@ class Env:
         if self._kind == "lock":
             # The pins are for people and `env export`; the lock is what rebuilds it.
             data.update(
-                lock=cast("LockedSpec", self._lock).to_dict(),
+                lock=cast(LockedSpec, self._lock).to_dict(),
                 conda=list(self._conda),
                 pip=list(self._pip),
                 channels=list(self._channels),
@@ -469,10 +364,8 @@ class Env:
         if data.get("kind") == "existing":
             return cls.existing(data["python"], env_vars=data.get("env_vars"))
         if data.get("kind") == "lock":
-            from .lockfiles import LockedSpec
-
             return cls._from_lock(
-                LockedSpec.from_dict(data["lock"]),
+                locked_from_dict(data["lock"]),
                 name=data.get("name"),
                 env_vars=data.get("env_vars"),
                 source=data.get("source"),
@@ -491,9 +384,13 @@ class Env:
     def replace(self, **changes: Any) -> Env:
         """A copy with some fields changed (an Env itself never changes)."""
         if self._kind == "lock":
-            from .lockfiles import replace_locked
-
-            return replace_locked(self, changes)
+            lock = cast(LockedSpec, self._lock)
+            return Env._from_lock(
+                replaced_lock(lock, changes, source=self._source, python=self._python),
+                name=changes.get("name", self._name),
+                env_vars=changes.get("env_vars", dict(self._env_vars)),
+                source=self._source,
+            )
         if self._kind != "spec":
             raise TypeError("replace() applies to spec environments only")
         fields: dict[str, Any] = {
@@ -540,7 +437,7 @@ class Env:
 
     def __repr__(self) -> str:
         if self._kind == "lock":
-            lock = cast("LockedSpec", self._lock)
+            lock = cast(LockedSpec, self._lock)
             which = lock.environment
             more = f", environment={which!r}" if which not in (None, "default") else ""
             return f"Env.from_file({self._source or lock.format!r}{more}) #{self._hash[:8]}"
@@ -564,46 +461,10 @@ class Env:
         if self._name:
             return self._name
         if self._kind == "lock":
-            lock = cast("LockedSpec", self._lock)
+            lock = cast(LockedSpec, self._lock)
             return f"{lock.format} ({len(self._conda) + len(self._pip)} packages)"
         if self._kind != "spec":
             return str(self._path)
         pkgs = [s for s in self._conda if not s.startswith("python")] + list(self._pip)
         label = ", ".join(pkgs[:3]) + (", ..." if len(pkgs) > 3 else "")
         return label or f"python {self._python}"
-
-
-def _valid_env_vars(env_vars: Mapping[str, str] | None, source: str | None) -> dict[str, str]:
-    variables = {}
-    for key, value in (env_vars or {}).items():
-        if not _ENV_VAR_NAME.match(str(key)):
-            raise SpecError("not a valid environment variable name", file=source, entry=key)
-        variables[str(key)] = str(value)
-    return variables
-
-
-def _python_from_conda_spec(spec: str) -> str | None:
-    rest = spec[len("python") :].strip()
-    match = _PYTHON_CONDA_SIMPLE.match(rest)
-    return match.group(1) if match else None
-
-
-def _normalize_channel(channel: str, source: str | None) -> str:
-    text = str(channel).strip().rstrip("/")
-    if not text or any(c.isspace() for c in text):
-        raise SpecError("not a valid channel", file=source, entry=str(channel))
-    if "://" not in text and not text.startswith("/"):
-        text = text.lower()
-    return text
-
-
-def _normalize_pip_option(option: str, source: str | None) -> str:
-    text = " ".join(str(option).split())
-    flag = text.split(" ", 1)[0].split("=", 1)[0]
-    if flag not in _PIP_OPTIONS:
-        raise SpecError(
-            f"unsupported pip option (supported: {', '.join(_PIP_OPTIONS)})",
-            file=source,
-            entry=text,
-        )
-    return text.replace("=", " ", 1) if "=" in text.split(" ", 1)[0] else text

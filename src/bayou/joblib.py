@@ -21,7 +21,7 @@ Data flow::
   task, so the environment needs neither joblib nor bayou.
 * **Workers are reused across calls.** Like loky's reusable executor, the
   `EnvExecutor` for an (environment, worker count, options) key is kept in a
-  module-level cache and shared by every `Parallel` call that asks for the
+  process-wide cache (`bayou.joblib_executors`) and shared by every `Parallel` call that asks for the
   same thing; asking for another worker count or other options for the same
   environment replaces an idle one. `shutdown()` closes them all (they are
   also closed at interpreter exit).
@@ -88,10 +88,12 @@ from joblib.parallel import (  # noqa: E402  (after the version check)
     register_parallel_backend,
 )
 
-from . import pool as pool_module  # noqa: E402
+from . import joblib_executors  # noqa: E402
 from .env import Env  # noqa: E402
 from .environment import Environment, current_environment  # noqa: E402
 from .executor import BayouFuture, EnvExecutor  # noqa: E402
+from .joblib_executors import Slot, acquire, release, retire_if_exclusive  # noqa: E402
+from .joblib_executors import shutdown as shutdown  # noqa: E402  (bayou.joblib.shutdown)
 from .task_api import cancel  # noqa: E402
 
 __all__ = ["BACKEND_NAME", "AsyncResult", "BayouBackend", "register", "shutdown"]
@@ -150,103 +152,6 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
             f"options {', '.join(sorted(EXECUTOR_OPTIONS))}"
         )
     return dict(options)
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equality that never raises (initargs may hold objects with odd `__eq__`)."""
-    if a is b:
-        return True
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    try:
-        return bool(a == b)
-    except Exception:
-        return False
-
-
-# -- the shared executors ---------------------------------------------------------
-
-
-@dataclasses.dataclass(eq=False)
-class _Slot:
-    """A cached EnvExecutor and how many configured backends use it."""
-
-    environment: Environment
-    workers: int
-    options: dict[str, Any]
-    executor: EnvExecutor
-    users: int = 0
-
-    def matches(self, environment: Environment, workers: int, options: dict) -> bool:
-        return (
-            self.environment == environment
-            and dict(self.environment.env_vars) == dict(environment.env_vars)
-            and self.workers == workers
-            and _same(self.options, options)
-        )
-
-    @property
-    def usable(self) -> bool:
-        return not self.executor._broken and not self.executor._pool._shutdown
-
-
-_slots: list[_Slot] = []
-_slots_lock = threading.Lock()
-
-
-def _acquire(environment: Environment, workers: int, options: dict) -> _Slot:
-    """A shared executor for this key; idle ones of the same environment make room."""
-    retired: list[_Slot] = []
-    with _slots_lock:
-        for slot in list(_slots):
-            if not slot.usable:
-                _slots.remove(slot)
-                retired.append(slot)
-        for slot in _slots:
-            if slot.matches(environment, workers, options):
-                slot.users += 1
-                break
-        else:
-            for old in [s for s in _slots if s.environment == environment and s.users == 0]:
-                _slots.remove(old)
-                retired.append(old)
-            executor = EnvExecutor(workers, env=environment, **options)
-            slot = _Slot(environment, workers, dict(options), executor, users=1)
-            _slots.append(slot)
-    for old in retired:
-        old.executor.shutdown(wait=False, cancel_futures=True)
-    return slot
-
-
-def _release(slot: _Slot) -> None:
-    with _slots_lock:
-        slot.users = max(0, slot.users - 1)
-
-
-def _retire_if_exclusive(slot: _Slot) -> bool:
-    """Take `slot` out of the cache if its one user is the caller; True if so."""
-    with _slots_lock:
-        if slot.users > 1:
-            return False
-        if slot in _slots:
-            _slots.remove(slot)
-        slot.users = 0
-        return True
-
-
-def shutdown(wait: bool = True) -> None:
-    """Shut down the executors the backend keeps for reuse (their workers exit).
-
-    Calls still running keep going until their tasks end; a later `Parallel`
-    call starts new workers.
-    """
-    with _slots_lock:
-        slots = list(_slots)
-        _slots.clear()
-    for slot in slots:
-        slot.executor.shutdown(wait=wait)
 
 
 # -- completion callbacks ---------------------------------------------------------
@@ -349,7 +254,7 @@ class BayouBackend(AutoBatchingMixin, ParallelBackendBase):
         self.env = _check_env(env)
         self.options = _check_options(options)
         self.parallel = None
-        self._slot: _Slot | None = None
+        self._slot: Slot | None = None
         self._resolved: tuple[Any, Environment] | None = None
         self._lock = threading.Lock()
         self._in_flight: set[concurrent.futures.Future] = set()
@@ -397,10 +302,10 @@ class BayouBackend(AutoBatchingMixin, ParallelBackendBase):
         env = self.env if env is _UNSET else _check_env(env)
         workers = self.workers_for(n_jobs)
         environment = self._with_thread_limits(self._environment(env), workers)
-        slot = _acquire(environment, workers, options)
+        slot = acquire(environment, workers, options)
         old, self._slot = self._slot, slot
         if old is not None:
-            _release(old)
+            release(old)
         self.parallel = parallel
         return self.effective_n_jobs(n_jobs)
 
@@ -447,7 +352,7 @@ class BayouBackend(AutoBatchingMixin, ParallelBackendBase):
         """End of a `Parallel` call: give the executor back (its workers stay for reuse)."""
         slot, self._slot = self._slot, None
         if slot is not None:
-            _release(slot)
+            release(slot)
         self.reset_batch_stats()
 
     # -- running batches ----------------------------------------------------------
@@ -500,11 +405,11 @@ class BayouBackend(AutoBatchingMixin, ParallelBackendBase):
         for future in futures:
             cancel(future, grace=0)
         slot = self._slot
-        if slot is not None and _retire_if_exclusive(slot):
+        if slot is not None and retire_if_exclusive(slot):
             self._slot = None
             slot.executor.shutdown(wait=True, cancel_futures=True)
             if ensure_ready:
-                self._slot = _acquire(slot.environment, slot.workers, slot.options)
+                self._slot = acquire(slot.environment, slot.workers, slot.options)
         elif futures:
             concurrent.futures.wait(futures, timeout=ABORT_WAIT)
         self.reset_batch_stats()
@@ -515,10 +420,6 @@ class BayouBackend(AutoBatchingMixin, ParallelBackendBase):
 #: Every backend instance, so a forked child can make each forget its parent's executor.
 _backends: weakref.WeakSet[BayouBackend] = weakref.WeakSet()
 
-#: In a forked child: the parent's cached executors, kept (never collected, so
-#: nothing of theirs runs here) but never used.
-_inherited: list[_Slot] = []
-
 
 def _after_fork_in_child() -> None:
     """Give a forked child fresh backend state: no executors, new locks, no callback thread.
@@ -528,27 +429,27 @@ def _after_fork_in_child() -> None:
     still reads: a batch submitted to one would never complete (or run on a
     worker of the parent), shutting one down would message the parent's
     workers, and its lock may have been held at the fork. So they are set
-    aside, untouched for good: kept referenced, their finalizers detached,
-    out of the pools that `bayou.pool` shuts down at interpreter exit. The
+    aside, untouched for good (`joblib_executors.forget_inherited`). The
     child's next `Parallel` call starts workers of its own. The backend's
     locks are new: another thread of the parent may have held them.
     """
-    global _slots, _slots_lock, _callbacks
-    inherited, _slots = _slots, []
-    _slots_lock = threading.Lock()
+    global _callbacks
+    joblib_executors.forget_inherited()
     _callbacks = _CallbackThread()
-    for slot in inherited:
-        finalizer = getattr(slot.executor, "_finalizer", None)
-        if finalizer is not None:
-            finalizer.detach()  # at exit it would shut the parent's pool down from here
-        pool_module.lifetime.unregister(slot.executor._pool)  # and so would the exit hook
-    _inherited.extend(inherited)
     for backend in list(_backends):
         backend._forget_parent()
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def __getattr__(name: str) -> Any:
+    # The executor cache lives in `joblib_executors`, and a forked child rebinds
+    # it there: `bayou.joblib._slots` / `_slots_lock` read it, live (tests look).
+    if name in ("_slots", "_slots_lock"):
+        return getattr(joblib_executors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register() -> None:

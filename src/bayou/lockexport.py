@@ -52,7 +52,7 @@ def pypi_entries(record: dict[str, Any], prefix: Path, uv_cache: Path) -> list[d
     import tempfile
 
     from .provision.tools import Deadline, run_tool
-    from .provision.uv_step import _uv_message, uv_binary, uv_environ
+    from .provision.uv_tool import uv_binary, uv_environ, uv_message
     from .pylock import _load_toml
 
     with tempfile.TemporaryDirectory(prefix="bayou-export-") as work:
@@ -72,7 +72,7 @@ def pypi_entries(record: dict[str, Any], prefix: Path, uv_cache: Path) -> list[d
         )
         if result.returncode != 0:
             raise ProvisionError(
-                f"could not look up the pip packages' files: {_uv_message(result)}",
+                f"could not look up the pip packages' files: {uv_message(result)}",
                 output=result.output,
             )
         text = out.read_text()

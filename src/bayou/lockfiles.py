@@ -16,7 +16,8 @@ and rebuilds from there. The digest is the env's identity: another platform's
 packages or another environment of the same pixi.lock may change without
 rebuilding this env, any change to what this env installs makes another env.
 
-pixi.lock is read by `bayou.pixilock`, pylock.toml by `bayou.pylock`.
+pixi.lock is read by `bayou.pixilock`, pylock.toml by `bayou.pylock`;
+`bayou.lock_formats` picks the reader for a file or a stored lock.
 The trimmed document is handed to py-rattler (in the build's child process)
 as it is, not converted: rattler reads pixi.lock (versions 5 to 7) and
 conda-lock's format itself and derives what the files leave implicit (noarch
@@ -34,13 +35,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from .errors import SpecError
-
-if TYPE_CHECKING:
-    from .env import Env
+from .spec_entries import conda_platform
 
 log = logging.getLogger("bayou.lockfiles")
 
@@ -90,20 +89,6 @@ class LockedSpec:
             "python": self.python,
             "document": self.document,
         }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LockedSpec:
-        """Rebuild from `to_dict` (the document was validated when it was read)."""
-        fmt, doc = data["format"], data["document"]
-        if fmt == "pylock.toml":
-            from .pylock import pylock_spec
-
-            return pylock_spec(doc, None, data["python"], data["platform"])
-        if fmt == "conda-lock.yml":
-            return _conda_lock_spec(doc, None, data["platform"], Path("/"))
-        from .pixilock import pixi_spec
-
-        return pixi_spec(doc, None, data["environment"], data["platform"], Path("/"))
 
 
 def digest_of(document: Any) -> str:
@@ -223,15 +208,13 @@ def locked_pypi(entry: Mapping[str, Any], location: str, file: str | None) -> Lo
 
 
 def read_conda_lock(path: Path) -> LockedSpec:
-    from .env import conda_platform
-
     data = load_yaml(path)
     if not isinstance(data, Mapping):
         raise SpecError("expected a mapping at the top level", file=str(path), line=1)
-    return _conda_lock_spec(data, str(path), conda_platform(), path.parent)
+    return conda_lock_spec(data, str(path), conda_platform(), path.parent)
 
 
-def _conda_lock_spec(
+def conda_lock_spec(
     data: Mapping[str, Any], file: str | None, platform: str, base: Path
 ) -> LockedSpec:
     if data.get("version") != 1 or not isinstance(data.get("package"), list):
@@ -311,39 +294,4 @@ def _conda_lock_spec(
         pypi=tuple(pypi),
         channels=tuple(_channel_text(c) for c in metadata.get("channels") or []),
         digest=digest_of(document),
-    )
-
-
-def replace_locked(env: Env, changes: dict[str, Any]) -> Env:
-    """`Env.replace` of a locked env: the lock fixes the packages, so only the
-    label, the variables and (pylock.toml) the Python it is installed for change."""
-    allowed = {"name", "env_vars", "backend", "python"}
-    if set(changes) - allowed:
-        raise SpecError(
-            "a locked env installs exactly what its lock pins; only name, env_vars "
-            "and (pylock.toml) python can change",
-            file=env.source,
-            entry=", ".join(sorted(set(changes) - allowed)),
-        )
-    if changes.get("backend") not in (None, "rattler"):
-        raise SpecError(
-            "a locked env is installed by py-rattler, without a solve",
-            file=env.source,
-            entry=str(changes["backend"]),
-        )
-    from .env import Env, normalize_python
-
-    lock = cast(LockedSpec, env.lock)  # a locked env has one
-    if "python" in changes and changes["python"] != env.python:
-        if lock.format != "pylock.toml":
-            raise SpecError("the lock pins its own python", file=env.source, entry="python")
-        from .pylock import pylock_spec
-
-        python = normalize_python(changes["python"], file=env.source)
-        lock = pylock_spec(lock.document, env.source, python, lock.platform)
-    return Env._from_lock(
-        lock,
-        name=changes.get("name", env.name),
-        env_vars=changes.get("env_vars", dict(env.env_vars)),
-        source=env.source,
     )

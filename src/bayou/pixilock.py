@@ -36,6 +36,7 @@ from .lockfiles import (
     locked_pypi,
     log,
 )
+from .spec_entries import conda_platform
 
 
 def _pick_environment(environments: Any, wanted: str | None, file: str | None) -> str:
@@ -55,8 +56,6 @@ def _pick_environment(environments: Any, wanted: str | None, file: str | None) -
 
 
 def read_pixi_lock(path: Path, environment: str | None = None) -> LockedSpec:
-    from .env import conda_platform
-
     data = load_yaml(path)
     if not isinstance(data, Mapping):
         raise SpecError("expected a mapping at the top level", file=str(path), line=1)

@@ -26,11 +26,10 @@ from typing import Any, cast
 
 from .errors import SpecError
 from .lockfiles import LockedPackage, LockedSpec, digest_of
+from .spec_entries import conda_platform
 
 
 def read_pylock(path: Path, python: str | None = None) -> LockedSpec:
-    from .env import conda_platform
-
     try:
         text = path.read_text()
     except OSError as exc:

@@ -8,7 +8,7 @@ share one reader:
         │ plus, in either, [tool.bayou] (conda, channels, env-vars) and
         │ [tool.pixi] (dependencies: conda, pypi-dependencies, workspace channels)
         ▼
-    Env(python, conda, pip, channels)
+    EnvArgs(python, conda, pip, channels) ──▶ Env.from_file / Env.from_script
 
 `requires-python` is a range, an `Env` needs one Python: the caller's X.Y
 when the range allows it (functions then travel by value), else for a conda
@@ -27,15 +27,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .env import (
+from .errors import SpecError
+from .pixitoml import load_toml, pixi_dependencies
+from .pylock import allows, choose_python
+from .spec_entries import (
     DEFAULT_CHANNELS,
-    Env,
+    EnvArgs,
     conda_spec_name,
     normalize_conda_spec,
     normalize_pip_requirement,
 )
-from .errors import SpecError
-from .specfiles import load_toml, pixi_dependencies
 
 # The reference regular expression of PEP 723.
 _BLOCK = re.compile(r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$")
@@ -62,7 +63,7 @@ def script_metadata(text: str, source: str) -> tuple[str, int] | None:
     return toml, text.count("\n", 0, block.start()) + 1
 
 
-def read_script(path: Path) -> Env:
+def read_script(path: Path) -> EnvArgs:
     source = str(path)
     try:
         text = path.read_text()
@@ -84,7 +85,7 @@ def read_script(path: Path) -> Env:
                 line=_key_line(toml, key, offset),
                 entry=key,
             )
-    return _env(
+    return _env_args(
         source,
         toml,
         offset,
@@ -95,7 +96,7 @@ def read_script(path: Path) -> Env:
     )
 
 
-def read_pyproject(path: Path) -> Env:
+def read_pyproject(path: Path) -> EnvArgs:
     source = str(path)
     text = path.read_text()
     data = load_toml(text, source)
@@ -114,7 +115,7 @@ def read_pyproject(path: Path) -> Env:
             "no [project], [tool.pixi] or [tool.bayou] table to read an env from",
             file=source,
         )
-    return _env(
+    return _env_args(
         source,
         text,
         0,
@@ -125,7 +126,7 @@ def read_pyproject(path: Path) -> Env:
     )
 
 
-def _env(
+def _env_args(
     source: str,
     text: str,
     offset: int,
@@ -134,7 +135,7 @@ def _env(
     dependencies: Any,
     tool: Any,
     name: str | None,
-) -> Env:
+) -> EnvArgs:
     if not isinstance(dependencies, list) or not all(isinstance(d, str) for d in dependencies):
         raise SpecError(
             "dependencies must be a list of requirement strings",
@@ -187,15 +188,15 @@ def _env(
             conda.append(conda_python)
         if any(conda_spec_name(c) == "python" for c in conda):
             python = None  # the conda spec for python says it
-    return Env(
+    return EnvArgs(
         python=python,
         conda=conda,
         pip=pip,
         channels=channels or DEFAULT_CHANNELS,
         env_vars=env_vars,
         name=name,
-        _source=source,
-        _lines=lines,
+        source=source,
+        lines=lines,
     )
 
 
@@ -204,8 +205,6 @@ def _python_for(
 ) -> tuple[str | None, str | None]:
     """(python=, or a conda spec for python) for a requires-python range."""
     from packaging.specifiers import InvalidSpecifier, SpecifierSet
-
-    from .pylock import allows, choose_python
 
     try:
         requires = SpecifierSet(str(requires_python))

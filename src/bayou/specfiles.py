@@ -1,6 +1,6 @@
-"""Reading environment files into an `Env`.
+"""Reading environment files into what an `Env` is made of.
 
-Three formats, dispatched on the file name:
+Formats, dispatched on the file name:
 
 * ``environment.yml`` / ``*.yml`` / ``*.yaml``: conda's format (``name``,
   ``channels``, ``dependencies`` with a ``pip:`` sub-list, ``variables``). It
@@ -8,36 +8,42 @@ Three formats, dispatched on the file name:
 * ``requirements*.txt`` / ``*.txt``: pip's format, with comments, line
   continuations, ``-r`` includes (relative to the including file) and the
   index options ``--index-url``, ``--extra-index-url``, ``--find-links``.
-* ``pixi.toml``: ``[dependencies]`` (conda), ``[pypi-dependencies]``,
-  ``[workspace]``/``[project]`` channels and ``[activation.env]``.
+* ``pixi.toml``: see `bayou.pixitoml`.
 * ``pyproject.toml`` and ``*.py`` scripts with PEP 723 metadata: see
   `bayou.pyproject`.
-* Locks, installed exactly as locked: ``pixi.lock``, ``conda-lock.yml``
-  (`bayou.lockfiles`) and PEP 751 ``pylock.toml`` (`bayou.pylock`).
+* Locks, installed exactly as locked: ``pixi.lock``, ``conda-lock.yml`` and
+  PEP 751 ``pylock.toml`` (see `bayou.lock_formats`).
 
 Every entry is validated where it is read, so a `SpecError` names the file,
-the line and the entry at fault.
+the line and the entry at fault. What comes out is the arguments of
+`Env(...)` (`EnvArgs`) or, for a lock, its `LockedSpec`: `Env.from_file`
+makes the `Env`, so no reader needs `bayou.env`.
 """
 
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
-from .env import DEFAULT_CHANNELS, Env, normalize_conda_spec, normalize_pip_requirement
 from .errors import SpecError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
+from .lock_formats import LOCK_KINDS, read_lock_file
+from .lockfiles import LockedSpec
+from .pixitoml import load_toml as load_toml  # importable from specfiles too, as before
+from .pixitoml import pixi_dependencies as pixi_dependencies
+from .pixitoml import read_pixi_toml
+from .pyproject import read_pyproject, read_script
+from .spec_entries import (
+    DEFAULT_CHANNELS,
+    EnvArgs,
+    normalize_conda_spec,
+    normalize_pip_requirement,
+)
 
 
 def read_spec_file(
     path: Path, *, environment: str | None = None, python: str | None = None
-) -> Env:
+) -> EnvArgs | LockedSpec:
     if not path.is_file():
         raise SpecError("no such file", file=str(path))
     name = path.name.lower()
@@ -49,26 +55,11 @@ def read_spec_file(
             "python= applies to a pylock.toml (use Env.replace(python=...) otherwise)",
             file=str(path),
         )
-    if kind in ("pixi.lock", "conda-lock.yml", "pylock.toml"):
-        from . import lockfiles, pixilock, pylock
-
-        if kind == "pixi.lock":
-            lock = pixilock.read_pixi_lock(path, environment)
-        elif kind == "conda-lock.yml":
-            lock = lockfiles.read_conda_lock(path)
-        else:
-            lock = pylock.read_pylock(path, python)
-        label = path.parent.name or None
-        if label and lock.environment not in (None, "default"):
-            label += f"-{lock.environment}"
-        return Env._from_lock(lock, name=label, source=str(path))
+    if kind in LOCK_KINDS:
+        return read_lock_file(path, kind, environment, python)
     if kind == "pyproject.toml":
-        from .pyproject import read_pyproject
-
         return read_pyproject(path)
     if kind == "script":
-        from .pyproject import read_script
-
         return read_script(path)
     if name.endswith((".yml", ".yaml")):
         return read_environment_yml(path)
@@ -168,15 +159,15 @@ def _logical_lines(text: str):
         yield start, pending.strip()
 
 
-def read_requirements_txt(path: Path) -> Env:
+def read_requirements_txt(path: Path) -> EnvArgs:
     reqs, options = parse_requirements(path)
-    return Env(pip=reqs, pip_options=options, name=path.parent.name or None, _source=str(path))
+    return EnvArgs(pip=reqs, pip_options=options, name=path.parent.name or None, source=str(path))
 
 
 # -- environment.yml ----------------------------------------------------------
 
 
-def read_environment_yml(path: Path) -> Env:
+def read_environment_yml(path: Path) -> EnvArgs:
     import yaml
 
     source = str(path)
@@ -256,15 +247,15 @@ def read_environment_yml(path: Path) -> Env:
             )
     # conda's `pip` package is what conda needs to run pip; uv does that job.
     conda = [c for c in conda if not re.match(r"^pip(\s|=|$|<|>)", c.strip().lower())]
-    return Env(
+    return EnvArgs(
         conda=conda,
         pip=pip,
         channels=channels or DEFAULT_CHANNELS,
         env_vars=env_vars,
         name=name,
         pip_options=pip_options,
-        _source=source,
-        _lines=lines,
+        source=source,
+        lines=lines,
     )
 
 
@@ -284,91 +275,3 @@ def _sequence(node: Any, source: str, key: str) -> list[Any]:
             f"'{key}' must be a list", file=source, line=node.start_mark.line + 1, entry=key
         )
     return node.value
-
-
-# -- pixi.toml ----------------------------------------------------------------
-
-
-def read_pixi_toml(path: Path) -> Env:
-    source = str(path)
-    text = path.read_text()
-    data = load_toml(text, source)
-    meta = data.get("workspace") or data.get("project") or {}
-    channels = list(meta.get("channels", [])) or list(DEFAULT_CHANNELS)
-    conda, pip, lines = pixi_dependencies(data, text, source)
-    env_vars = data.get("activation", {}).get("env", {})
-    return Env(
-        conda=conda,
-        pip=pip,
-        channels=channels,
-        env_vars=env_vars,
-        name=meta.get("name"),
-        _source=source,
-        _lines=lines,
-    )
-
-
-def load_toml(text: str, source: str, offset: int = 0) -> dict[str, Any]:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"line (\d+)", str(exc))
-        raise SpecError(
-            f"invalid TOML: {exc}",
-            file=source,
-            line=int(match.group(1)) + offset if match else None,
-        )
-
-
-def pixi_dependencies(
-    data: dict[str, Any], text: str, source: str, offset: int = 0, *, skip_local: bool = False
-) -> tuple[list[str], list[str], dict[str, int | None]]:
-    """(conda specs, pip requirements, line of each) of pixi's dependency tables.
-
-    `offset` is added to line numbers (a TOML block inside a script);
-    `skip_local` leaves out path dependencies (a pyproject's own project)."""
-    conda: list[str] = []
-    lines: dict[str, int | None] = {}
-    for name, spec in data.get("dependencies", {}).items():
-        line = _toml_line(text, name, offset)
-        if isinstance(spec, dict):
-            version = spec.get("version", "*")
-            if "channel" in spec:
-                name = f"{spec['channel']}::{name}"
-            spec = version
-        if not isinstance(spec, str):
-            raise SpecError("expected a version string", file=source, line=line, entry=name)
-        entry = name if spec.strip() in ("", "*") else f"{name} {spec.strip()}"
-        normalize_conda_spec(entry, file=source, line=line)
-        conda.append(entry)
-        lines[entry] = line
-    pip: list[str] = []
-    for name, spec in data.get("pypi-dependencies", {}).items():
-        line = _toml_line(text, name, offset)
-        extras = ""
-        if isinstance(spec, dict):
-            if skip_local and "path" in spec:
-                continue
-            if set(spec) - {"version", "extras"}:
-                raise SpecError(
-                    "only 'version' and 'extras' are supported for pypi-dependencies",
-                    file=source,
-                    line=line,
-                    entry=name,
-                )
-            if spec.get("extras"):
-                extras = "[" + ",".join(spec["extras"]) + "]"
-            spec = spec.get("version", "*")
-        if not isinstance(spec, str):
-            raise SpecError("expected a version string", file=source, line=line, entry=name)
-        req = f"{name}{extras}" + ("" if spec.strip() in ("", "*") else spec.strip())
-        normalize_pip_requirement(req, file=source, line=line)
-        pip.append(req)
-        lines[req] = line
-    return conda, pip, lines
-
-
-def _toml_line(text: str, key: str, offset: int = 0) -> int | None:
-    pattern = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", re.MULTILINE)
-    match = pattern.search(text)
-    return text.count("\n", 0, match.start()) + 1 + offset if match else None

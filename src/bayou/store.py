@@ -24,6 +24,7 @@ whole env or none), then remove.
 
 Shared stores (``$BAYOU_STORE_PATH``) are further roots with this layout,
 searched by `find` after this one and never written: see `shared_store`.
+How the two locks of an env are taken: see `store_locks`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import secrets
@@ -46,6 +46,8 @@ from typing import Any
 from .errors import EnvInUseError
 from .shared_store import STORE_PATH_VAR, hold_read_only, same_path, shared_roots
 from .shared_store import SharedStoreError as SharedStoreError  # re-exported: raised here
+from .store_locks import EnvHold as EnvHold  # re-exported: `hold` returns one
+from .store_locks import build_lock, no_holders, open_use_lock, shared_hold
 
 RECORD_DIR = ".bayou"
 RECORD_FILE = "record.json"
@@ -59,21 +61,6 @@ def default_root() -> Path:
     if os.name == "nt":
         return Path(os.environ.get("LOCALAPPDATA", Path.home())) / "bayou" / "Cache"
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bayou"
-
-
-class EnvHold:
-    """An executor's claim on an env (`Store.hold`); `release` ends it. `fd` is
-    None where no hold could be placed (see `shared_store.hold_read_only`)."""
-
-    def __init__(self, fd: int | None) -> None:
-        self._fd: int | None = fd
-
-    def release(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
-    __del__ = release  # an executor that failed to start lets go too
 
 
 @dataclass(frozen=True)
@@ -257,23 +244,8 @@ class Store:
         """Hold the cross-process lock of one env (released even on SIGKILL)."""
         self._writable(f"lock {env_hash}")
         self.ensure()
-        path = self.root / "locks" / f"{env_hash}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    if deadline is not None and time.monotonic() > deadline:
-                        raise TimeoutError(f"timed out waiting for the build lock of {env_hash}")
-                    time.sleep(0.05)
+        with build_lock(self.root / "locks" / f"{env_hash}.lock", env_hash, timeout):
             yield
-        finally:
-            os.close(fd)
 
     def hold(self, env_hash: str) -> EnvHold:
         """Mark the env as in use until the hold is released (or the process dies).
@@ -289,43 +261,18 @@ class Store:
             return self._read_only_hold(env_hash)
         try:
             self.ensure()
-            fd = self._open_use_lock(env_hash)
+            fd = open_use_lock(self._use_file(env_hash))
         except OSError as exc:
             if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise
             return self._read_only_hold(env_hash)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a removal is deciding
-        except BaseException:
-            os.close(fd)
-            raise
-        return EnvHold(fd)
+        return shared_hold(fd)
 
     def _read_only_hold(self, env_hash: str) -> EnvHold:
-        return EnvHold(hold_read_only(self.root / "locks" / f"{env_hash}.use"))
+        return EnvHold(hold_read_only(self._use_file(env_hash)))
 
-    def _open_use_lock(self, env_hash: str) -> int:
-        path = self.root / "locks" / f"{env_hash}.use"
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-
-    @contextlib.contextmanager
-    def _unused(self, env_hash: str, force: bool) -> Iterator[None]:
-        """Hold the env's use lock exclusively, or raise `EnvInUseError`."""
-        fd = self._open_use_lock(env_hash)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if not force:
-                    raise EnvInUseError(
-                        f"environment {env_hash} is in use by a running executor; shut it "
-                        f"down first (or remove with force=True / --force)"
-                    ) from None
-            yield
-        finally:
-            os.close(fd)
+    def _use_file(self, env_hash: str) -> Path:
+        return self.root / "locks" / f"{env_hash}.use"
 
     def new_build_dir(self, env_hash: str) -> Path:
         """A fresh directory to build into; call with the env's lock held."""
@@ -366,7 +313,7 @@ class Store:
         """Write the record, then make the env visible in one rename. The env's
         use-lock file is made too: shared read-only, it still takes holds."""
         self._writable("publish an environment")
-        os.close(self._open_use_lock(env_hash))
+        os.close(open_use_lock(self._use_file(env_hash)))
         meta = build_dir / RECORD_DIR
         meta.mkdir(exist_ok=True)
         tmp = meta / (RECORD_FILE + ".tmp")
@@ -401,7 +348,7 @@ class Store:
                 return False
             if unused_since is not None and self.last_used(env_hash) > unused_since:
                 return False
-            with self._unused(env_hash, force):
+            with no_holders(self._use_file(env_hash), env_hash, force):
                 self._delete(target)
             return True
 

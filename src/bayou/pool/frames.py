@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 from .. import protocol
 from ..worker import wire
-from . import workers
 from .dispatch import Phase
 
 if TYPE_CHECKING:
@@ -33,17 +32,6 @@ if TYPE_CHECKING:
     from .supervisor import Pool
 
 logger = logging.getLogger("bayou.executor")
-
-
-def on_socket(pool: Pool, w: WorkerHandle) -> None:
-    if not w.read_lock.acquire(blocking=False):
-        return  # a caller thread follows this worker (an event from before it took over)
-    try:
-        alive = receive(pool, w, w.sock)
-    finally:
-        w.read_lock.release()
-    if not alive:
-        workers.on_exit(pool, w)
 
 
 def receive(pool: Pool, w: WorkerHandle, sock, settles: list | None = None) -> bool:
@@ -132,7 +120,7 @@ def _on_result(
         if reply is not None and pool.segments is not None:
             pool.segments.settle(reply)
     cap = pool.limits.max_memory
-    over_memory = cap is not None and workers.rss(pool, w) > cap
+    over_memory = cap is not None and w.rss() > cap
     with pool._lock:
         retire, plan = pool.dispatch.result(w, time.monotonic(), over_memory)
         if retire:
@@ -141,7 +129,7 @@ def _on_result(
     if retire:
         w.send(wire.SHUTDOWN)
     if plan.spawn:
-        workers.spawn_soon(pool)
+        pool._spawn_soon()
     item.future.record_seconds(seconds)  # the call's own duration, for map's batching
     if settles is None:
         pool._complete(item, status, data)

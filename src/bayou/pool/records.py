@@ -127,6 +127,17 @@ class WorkerHandle(Worker):
         self.env_hash = environment.hash
         self.title = ""  # how messages name it, when not "worker <slot>" (an actor)
 
+    def rss(self) -> int:
+        """Its resident memory in bytes (0 once it is gone)."""
+        try:
+            if self.psutil_process is None:
+                import psutil
+
+                self.psutil_process = psutil.Process(self.pid)
+            return int(self.psutil_process.memory_info().rss)
+        except Exception:
+            return 0
+
     def describe(self) -> str:
         who = self.title or f"worker {self.slot}"
         return f"{who} (pid {self.pid}, env {self.env_hash}, Python {self.version})"

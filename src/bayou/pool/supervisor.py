@@ -185,11 +185,6 @@ class Pool:
         return self._io
 
     @property
-    def _listener(self) -> protocol.Listener | None:
-        """The listening socket, None before the pool starts (tests read its key)."""
-        return None if self._io is None else self._io.listener
-
-    @property
     def handshakes(self) -> Handshakes:
         assert self._io is not None, "the pool is not started"
         return self._io.handshakes
@@ -400,7 +395,7 @@ class Pool:
             return
         tag = data[0]
         if tag == "sock":
-            frames.on_socket(self, data[1])
+            workers.on_socket(self, data[1])
         elif tag in ("out", "err"):
             workers.on_pipe(self, data[1], tag, key.fd)
         elif tag == "pidfd":
@@ -411,6 +406,10 @@ class Pool:
             self.handshakes.accept()
         elif tag == "conn":
             welcome.on_handshake(self, key.fileobj)
+
+    def _spawn_soon(self) -> None:
+        """Start the workers dispatch asks for (`workers.spawn_soon`), from any thread."""
+        workers.spawn_soon(self)
 
     def _worker_config(self) -> dict:
         """What WELCOME tells a worker (`welcome.worker_config`; `DebugPool` adds to it)."""
@@ -440,7 +439,7 @@ class Pool:
                 workers.on_exit(self, w)  # no pidfd on this platform: poll
         with self._lock:
             kills, nearest = self.dispatch.timers(
-                time.monotonic(), lambda w: workers.rss(self, w), lambda w: frames.waiting(w.sock)
+                time.monotonic(), lambda w: w.rss(), lambda w: frames.waiting(w.sock)
             )
         for w, reason in kills:
             workers.kill(self, w, reason)

@@ -113,15 +113,15 @@ def kill(pool: Pool, w: WorkerHandle, reason: tuple[type | None, str] | None) ->
     process.kill_group(w.pid)
 
 
-def rss(pool: Pool, w: WorkerHandle) -> int:
+def on_socket(pool: Pool, w: WorkerHandle) -> None:
+    if not w.read_lock.acquire(blocking=False):
+        return  # a caller thread follows this worker (an event from before it took over)
     try:
-        if w.psutil_process is None:
-            import psutil
-
-            w.psutil_process = psutil.Process(w.pid)
-        return w.psutil_process.memory_info().rss
-    except Exception:
-        return 0
+        alive = frames.receive(pool, w, w.sock)
+    finally:
+        w.read_lock.release()
+    if not alive:
+        on_exit(pool, w)
 
 
 def on_pipe(pool: Pool, w: WorkerHandle, tag: str, fd: int) -> None:

@@ -31,6 +31,7 @@ from ..env import Env
 from ..errors import ProvisionError
 from ..lockfiles import LockedPackage, LockedSpec
 from .tools import Deadline, ToolResult
+from .uv_tool import install_argv, run_install, uv_message
 
 
 def child_request(lock: LockedSpec, meta: Path) -> dict[str, Any]:
@@ -66,8 +67,6 @@ def install_pip(
     offline: bool = False,
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> ToolResult:
-    from .uv_step import _uv_message, install_argv, run_install
-
     lock = cast(LockedSpec, env.lock)  # a locked env has one
     argv = install_argv(python, offline=offline)
     work = Path(tempfile.mkdtemp(prefix="bayou-lock-"))
@@ -91,7 +90,7 @@ def install_pip(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if result.returncode != 0:
-        message = _uv_message(result)
+        message = uv_message(result)
         message = message[message.find("error:") + 6 :].strip() if "error:" in message else message
         if offline:
             message = (

@@ -53,6 +53,7 @@ from . import (
     finished_record,
     tool_events,
     uv_step,
+    uv_tool,
 )
 from .diskfull import no_space_error
 from .progress import ProgressCallback, ProgressEvent, default_progress
@@ -302,18 +303,18 @@ def _install_wheels(
     python: Path, staging: Path, store: Store, deadline: Deadline, label: str
 ) -> ToolResult:
     """The bundle's wheels, by exact pin and hash, from its own directory only."""
-    argv = uv_step.install_argv(python, offline=True)
+    argv = uv_tool.install_argv(python, offline=True)
     argv += ["--no-index", "--find-links", str(staging / "wheels")]
     argv += ["--no-deps", "--require-hashes", "-r", str(staging / REQUIREMENTS)]
     result = run_tool(
         argv,
         deadline=deadline,
         what="installing the bundle's wheels",
-        env=uv_step.uv_environ(store.uv_cache),
+        env=uv_tool.uv_environ(store.uv_cache),
     )
     if result.returncode != 0:
         raise BundleError(
-            f"the {label}'s wheels could not be installed: {uv_step._uv_message(result)}",
+            f"the {label}'s wheels could not be installed: {uv_tool.uv_message(result)}",
             bundle=source_of(label),
             output=result.output,
         )

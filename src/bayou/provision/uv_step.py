@@ -10,7 +10,8 @@ Two entry points, both run against a build directory:
   links when the cache and the env share a file system). With `on_event`,
   uv runs with a pseudo-terminal as its stderr, the only place it draws
   download bytes, and `uv_progress` turns what it draws into progress events
-  (`run_install`); the output kept is what the terminal shows at the end.
+  (`uv_tool.run_install`); the output kept is what the terminal shows at the
+  end. A locked env's packages go to `locked.install_pip` instead.
 
 Failures raise `ProvisionError` carrying uv's own message, the requirement it
 is about when uv names one, and the full output. Offline, both run uv with
@@ -20,7 +21,6 @@ fails at once, named, with the cache that was searched.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -29,29 +29,14 @@ from .. import interpreters
 from ..env import Env, pip_requirement_name
 from ..errors import ProvisionError
 from . import wheel_check
+from .locked import install_pip
 from .tools import Deadline, ToolResult, run_tool
-from .uv_progress import EventCallback, UvProgress
-
-
-def uv_binary() -> str:
-    import uv
-
-    return uv.find_uv_bin()
-
-
-def uv_environ(cache_dir: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONPATH", "PYTHONHOME")
-    }
-    env.update(
-        UV_CACHE_DIR=str(cache_dir),
-        UV_PYTHON_DOWNLOADS="never",
-        UV_NO_PROGRESS="1",
-        NO_COLOR="1",
-    )
-    return env
+from .uv_progress import EventCallback
+from .uv_tool import install_argv as install_argv  # importable from uv_step too, as before
+from .uv_tool import run_install as run_install
+from .uv_tool import uv_binary as uv_binary
+from .uv_tool import uv_environ as uv_environ
+from .uv_tool import uv_message
 
 
 def create_venv(
@@ -82,7 +67,7 @@ def create_venv(
     result = run_tool(argv, deadline=deadline, what="creating the venv", env=uv_environ(cache_dir))
     if result.returncode != 0:
         raise ProvisionError(
-            f"uv could not create a venv with {interpreter.path}: {_uv_message(result)}",
+            f"uv could not create a venv with {interpreter.path}: {uv_message(result)}",
             output=result.output,
         )
     return build_dir / "bin" / "python", interpreter.version_text
@@ -99,8 +84,6 @@ def install(
     on_event: EventCallback | None = None,
 ) -> ToolResult:
     if env.lock is not None:  # exactly as locked, every hash checked
-        from .locked import install_pip
-
         return install_pip(
             env, python, cache_dir, deadline, on_line, offline=offline, on_event=on_event
         )
@@ -116,7 +99,7 @@ def install(
         argv, deadline, "installing pip packages", cache_dir, on_line, on_event=on_event
     )
     if result.returncode != 0:
-        message = _uv_message(result)
+        message = uv_message(result)
         package = _culprit(message, env.pip)
         if offline:
             about = f"{package} is" if package else "some requirements are"
@@ -128,51 +111,6 @@ def install(
             f"pip install failed: {message}", package=package, output=result.output
         )
     return _repair_damaged(env, python, cache_dir, deadline, argv, result, offline)
-
-
-def install_argv(python: Path, *, offline: bool) -> list[str]:
-    """``uv pip install`` into the env of `python`, before what to install: for a spec's
-    requirements, a lock's and a bundle's wheels alike."""
-    argv = [uv_binary(), "pip", "install", "--python", str(python), "--no-config"]
-    if offline:
-        argv.append("--offline")
-    if not (python.parent.parent / "pyvenv.cfg").exists():
-        # A conda env's python is not a venv: tell uv the target is ours.
-        argv.append("--break-system-packages")
-    return argv
-
-
-def run_install(
-    argv: list[str],
-    deadline: Deadline,
-    what: str,
-    cache_dir: Path,
-    on_line: Callable[[str], None] | None = None,
-    *,
-    on_event: EventCallback | None = None,
-) -> ToolResult:
-    """Run a ``uv pip install``; with `on_event`, on a pseudo-terminal (where
-    uv draws its progress, bytes included, whatever UV_NO_PROGRESS says
-    elsewhere) and read as it streams."""
-    environ = uv_environ(cache_dir)
-    if on_event is None:
-        return run_tool(argv, deadline=deadline, what=what, env=environ, on_line=on_line)
-    del environ["UV_NO_PROGRESS"]
-    reader = UvProgress(on_event)
-    result = run_tool(
-        argv,
-        deadline=deadline,
-        what=what,
-        env=environ,
-        on_line=on_line,
-        on_stderr=reader.feed,
-        stderr_tty=True,
-    )
-    try:
-        reader.finish()
-    except Exception:  # a progress callback must not break a build
-        pass
-    return result
 
 
 def _repair_damaged(
@@ -234,16 +172,6 @@ def installed_by(result: ToolResult) -> list[dict[str, str]]:
     """
     found = re.findall(r"^\s*\+\s+([A-Za-z0-9_.\-]+)==(\S+)", result.stderr, re.MULTILINE)
     return sorted(({"name": n, "version": v} for n, v in found), key=lambda p: p["name"])
-
-
-def _uv_message(result: ToolResult) -> str:
-    lines = [
-        line.strip()
-        for line in result.stderr.splitlines()
-        if line.strip() and not line.startswith("Using ")
-    ]
-    text = " ".join(lines)
-    return re.sub(r"^error:\s*", "", text) or f"uv exited with {result.returncode}"
 
 
 def _culprit(message: str, requirements: tuple[str, ...]) -> str | None:
