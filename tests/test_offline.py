@@ -268,7 +268,7 @@ def test_offline_install_names_a_package_the_cache_lacks_instead_of_downloading(
     a record neither cached nor in a local channel fails at once, named."""
     import rattler
 
-    from bayou.provision import rattler_child
+    from bayou.provision import rattler_offline
 
     record = rattler.PackageRecord("zlibx", "1.0", rattler.BuildString("h0_0"), 0, "noarch")
     remote = rattler.RepoDataRecord(
@@ -277,16 +277,16 @@ def test_offline_install_names_a_package_the_cache_lacks_instead_of_downloading(
         "https://example.com/noarch/zlibx-1.0-h0_0.conda",
         "https://example.com/",
     )
-    missing = rattler_child._uncached([remote], str(tmp_path / "conda"))
+    missing = rattler_offline.uncached([remote], str(tmp_path / "conda"))
     assert missing is not None and missing["package"] == "zlibx==1.0=h0_0"
     assert "offline it is not downloaded from https://example.com/" in missing["message"]
     local = rattler.RepoDataRecord(
         record, "zlibx-1.0-h0_0.conda", "file:///c/zlibx.conda", "file:///c/"
     )
-    assert rattler_child._uncached([local], str(tmp_path / "conda")) is None
+    assert rattler_offline.uncached([local], str(tmp_path / "conda")) is None
     (tmp_path / "conda" / "zlibx-1.0-h0_0" / "info").mkdir(parents=True)
     (tmp_path / "conda" / "zlibx-1.0-h0_0" / "info" / "index.json").write_text("{}")
-    assert rattler_child._uncached([remote], str(tmp_path / "conda")) is None
+    assert rattler_offline.uncached([remote], str(tmp_path / "conda")) is None
 
 
 @pytest.mark.slow

@@ -27,10 +27,9 @@ import re
 import sys
 import time
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 
-from . import interpreters
+from . import doctor
 from .env import Env
 from .errors import EnvInUseError, ProvisionError, SpecError
 from .provision import environment_from_record, provision
@@ -88,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bayou", description="Run Python code in isolated conda/pip environments."
     )
-    parser.add_argument("--version", action="version", version=f"bayou {_version()}")
+    parser.add_argument("--version", action="version", version=f"bayou {doctor.version()}")
     parser.add_argument("--store", help="store root (default: $BAYOU_HOME or the user cache)")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -171,8 +170,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     run.set_defaults(func=cmd_run)
 
-    doctor = commands.add_parser("doctor", help="what bayou finds on this machine")
-    doctor.set_defaults(func=cmd_doctor)
+    doctor_command = commands.add_parser("doctor", help="what bayou finds on this machine")
+    doctor_command.set_defaults(func=cmd_doctor)
 
     from .persistent import commands as runtime_commands  # workers, debug, logs
 
@@ -293,7 +292,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         where = f"shared: {e.store_root}" if e.shared else str(e.store_root)
         print(
             f"{e.hash[:12]:<12}  {name[:20]:<20}  {e.record.get('python_version', '?'):<8}  "
-            f"{_human_size(e.size):>8}  {datetime.fromtimestamp(e.last_used):%Y-%m-%d %H:%M}  "
+            f"{doctor.human_size(e.size):>8}  {datetime.fromtimestamp(e.last_used):%Y-%m-%d %H:%M}  "
             f"{where}"
         )
     return 0
@@ -379,9 +378,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
     evicted = _store(args).gc(max_age=max_age, max_size=max_size, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for env in evicted:
-        print(f"{verb} {env.hash}  {_human_size(env.size)}")
+        print(f"{verb} {env.hash}  {doctor.human_size(env.size)}")
     freed = sum(e.size for e in evicted)
-    print(f"{verb} {len(evicted)} environment(s), {_human_size(freed)}")
+    print(f"{verb} {len(evicted)} environment(s), {doctor.human_size(freed)}")
     return 0
 
 
@@ -413,81 +412,10 @@ def _run_target(store: Store, ref: str):
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    store = _store(args)
-    print(f"bayou {_version()} on Python {sys.version.split()[0]} ({sys.executable})")
-    print(f"store: {store.root}")
-    envs = store.list()
-    print(f"  {len(envs)} environment(s), {_human_size(sum(e.size for e in envs))}")
-    _doctor_shared_stores(store)
-    offline = os.environ.get("BAYOU_OFFLINE", "").strip()
-    print(f"offline: {'$BAYOU_OFFLINE=' + offline if offline else 'no'}")
-    print("backends:")
-    for dist in ("py-rattler", "uv"):
-        try:
-            print(f"  {dist} {metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            print(f"  {dist}: MISSING (reinstall bayou)")
-    from .provision.uv_step import uv_binary
-
-    print(f"  uv binary: {uv_binary()}")
-    from .provision import external
-
-    for tool in ("micromamba", "pixi", "conda"):
-        try:
-            found = external.find_tool(tool, store, allow_download=False)
-        except ProvisionError:
-            print(f"  {tool}: not found (optional; see docs/backends.md)")
-        else:
-            print(f"  {tool}: {found.path} (from {found.source})")
-    print(f"  default backend: {os.environ.get('BAYOU_BACKEND') or 'rattler'}")
-    print("python interpreters found:")
-    for interp in interpreters.discover():
-        print(f"  {interp.version_text:<8} {interp.path}")
-    return 0
-
-
-def _doctor_shared_stores(store: Store) -> None:
-    """Each shared store: its envs, whether it is read-only or missing, and the
-    envs it cannot serve because it is mounted elsewhere than where they were built."""
-    shared = store.shared_stores()
-    if not shared:
-        print("shared stores ($BAYOU_STORE_PATH): none")
-        return
-    print("shared stores ($BAYOU_STORE_PATH), searched in this order after the store:")
-    for other in shared:
-        if not other.envs_dir.is_dir():
-            print(f"  {other.root}: MISSING (no envs/ directory)")
-            continue
-        envs = other.list()
-        mode = "read-only" if not os.access(other.root, os.W_OK) else "writable, never written"
-        size = _human_size(sum(e.size for e in envs))
-        print(f"  {other.root} ({mode}): {len(envs)} environment(s), {size}")
-        for env in envs:
-            print(f"    {env.hash[:12]}  {env.record.get('name') or ''}")
-        records = [(c.name, other.lookup(c.name)) for c in other.envs_dir.iterdir()]
-        elsewhere = [r for h, r in records if r is not None and not other.in_place(h, r)]
-        if elsewhere:
-            print(
-                f"    {len(elsewhere)} env(s) not used: built at another path "
-                f"(e.g. {elsewhere[0].get('prefix')}); mount the store there"
-            )
+    return doctor.report(_store(args))
 
 
 # -- helpers ------------------------------------------------------------------------
-
-
-def _version() -> str:
-    from ._version import __version__
-
-    return __version__
-
-
-def _human_size(size: float) -> str:
-    for unit in ("B", "K", "M", "G", "T"):
-        if size < 1024 or unit == "T":
-            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
-        size /= 1024
-    return f"{size:.1f}T"
 
 
 def _parse_duration(text: str) -> float:

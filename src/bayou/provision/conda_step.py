@@ -5,7 +5,7 @@ lines into `ProgressEvent`s and its result file into records or a
 `ProvisionError` that names the spec at fault and the channels tried.
 
 Offline, the child solves from the package cache only (see
-`rattler_child._offline_sources`) and runs with every proxy variable pointing
+`rattler_offline.offline_sources`) and runs with every proxy variable pointing
 at a closed loopback port, so even a download nobody planned (a damaged cache
 entry re-fetched by the installer) fails at once instead of leaving the
 machine.

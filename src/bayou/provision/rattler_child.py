@@ -38,6 +38,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
+if __package__:  # imported by the parent, as bayou.provision.rattler_child
+    from . import rattler_offline
+else:  # run as a script (the child): its directory is sys.path[0]
+    import rattler_offline  # type: ignore[import-not-found, no-redef]
+
 if TYPE_CHECKING:
     import rattler
     from rattler.package_cache import PackageCache
@@ -195,104 +200,6 @@ def _package_cache(path: str) -> PackageCache:
     return PackageCache.new_layered([path], validation_mode=getattr(ValidationMode, mode)())
 
 
-def _origins_dir(package_cache: str) -> Path:
-    """Where the origins of the packages in `package_cache` are noted (beside it)."""
-    cache = Path(package_cache)
-    return cache.with_name(cache.name + "-origins")
-
-
-def _remember_origins(records: list[Any], package_cache: str) -> None:
-    """Note each installed package's repodata record (url, channel, hashes,
-    dependencies) next to the package cache, one file per URL, so an offline
-    solve can offer exactly the cached packages as their channels served them."""
-    origins = _origins_dir(package_cache)
-    try:
-        origins.mkdir(parents=True, exist_ok=True)
-        for record in records:
-            path = origins / (hashlib.sha256(str(record.url).encode()).hexdigest()[:32] + ".json")
-            if not path.exists():
-                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-                tmp.write_text(record.to_json())
-                os.replace(tmp, path)
-    except OSError:
-        pass  # only offline builds need them; they then report the package missing
-
-
-def _local_channel_dir(channel: Any) -> Path | None:
-    """The directory of a ``file://`` channel that exists here, else None."""
-    url = urlparse(str(channel.base_url))
-    if url.scheme != "file":
-        return None
-    path = Path(unquote(url.path))
-    return path if path.is_dir() else None
-
-
-def _offline_sources(
-    request: dict[str, Any], channels: list[Any], scratch: Path
-) -> tuple[list[Any], list[str]]:
-    """The solver's sources offline: each channel that is an existing local
-    directory as itself, every other channel as the cached packages it served
-    (written as a small repodata.json per subdir and read as SparseRepoData).
-    Returns (sources, the local channels read)."""
-    import rattler
-
-    cache = Path(request["package_cache"])
-    served: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-    origins = _origins_dir(request["package_cache"])
-    for path in sorted(origins.glob("*.json")) if origins.is_dir() else []:
-        try:
-            data = json.loads(path.read_text())
-            cached = cache / f"{data['name']}-{data['version']}-{data['build']}"
-            key = (str(data.pop("channel")), str(data["subdir"]))
-            file_name = str(data.pop("fn"))
-            data.pop("url", None)
-        except (OSError, ValueError, KeyError):
-            continue
-        if (cached / "info" / "index.json").is_file():
-            served.setdefault(key, {})[file_name] = data
-    sources: list[Any] = []
-    local: list[str] = []
-    for number, channel in enumerate(channels):
-        if _local_channel_dir(channel) is not None:
-            sources.append(channel)
-            local.append(str(channel.base_url))
-            continue
-        for subdir in (request["platform"], "noarch"):
-            entries = served.get((str(channel.base_url), subdir))
-            if not entries:
-                continue
-            repodata = {
-                "info": {"subdir": subdir},
-                "packages": {f: e for f, e in entries.items() if not f.endswith(".conda")},
-                "packages.conda": {f: e for f, e in entries.items() if f.endswith(".conda")},
-            }
-            path = scratch / str(number) / subdir / "repodata.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(repodata))
-            sources.append(rattler.SparseRepoData(channel, subdir, path))
-    return sources, local
-
-
-def _uncached(records: list[Any], package_cache: str) -> dict[str, Any] | None:
-    """Offline: the first record that neither the package cache nor a local
-    channel has, as a failure naming it; the installer would download it (and,
-    with no network, retry for seconds before failing)."""
-    cache = Path(package_cache)
-    for record in records:
-        if urlparse(str(record.url)).scheme == "file":
-            continue
-        name = f"{record.name.normalized}-{record.version}-{record.build}"
-        if not (cache / name / "info" / "index.json").is_file():
-            return {
-                "ok": False,
-                "stage": "install",
-                "message": f"{record.file_name} is not in the package cache {cache}; "
-                f"offline it is not downloaded from {record.url}",
-                "package": f"{record.name.normalized}=={record.version}={record.build}",
-            }
-    return None
-
-
 def _missing_name(message: str) -> str | None:
     """The package a solver message says it found no candidates for."""
     match = re.search(r"No candidates were found for ([A-Za-z0-9_.\-]+)", message)
@@ -311,7 +218,7 @@ async def _solve_and_install(request: dict[str, Any]) -> dict[str, Any]:
     local: list[str] = []
     if offline:
         scratch = Path(request["build_prefix"]) / ".bayou" / "offline-repodata"
-        sources, local = _offline_sources(request, channels, scratch)
+        sources, local = rattler_offline.offline_sources(request, channels, scratch)
     reading = "reading the package cache (offline)" if offline else "fetching repodata"
     _emit("progress", stage="solve", done=0, total=None, message=reading)
     gateway = rattler.Gateway(cache_dir=request["repodata_cache"])
@@ -335,7 +242,7 @@ async def _solve_and_install(request: dict[str, Any]) -> dict[str, Any]:
             "local_channels": local,
         }
     _emit("progress", stage="solve", done=1, total=1, message=f"{len(records)} packages")
-    missing = _uncached(records, request["package_cache"]) if offline else None
+    missing = rattler_offline.uncached(records, request["package_cache"]) if offline else None
     if missing is not None:
         return {**missing, "local_channels": local}
     try:
@@ -349,7 +256,7 @@ async def _solve_and_install(request: dict[str, Any]) -> dict[str, Any]:
             "local_channels": local,
         }
     if not offline:
-        _remember_origins(records, request["package_cache"])
+        rattler_offline.remember_origins(records, request["package_cache"])
     lock_path = Path(request["build_prefix"]) / ".bayou" / "conda-lock.yml"
     lock_path.parent.mkdir(exist_ok=True)
     lock_platform = rattler.LockPlatform(
@@ -482,7 +389,7 @@ async def _install_locked(request: dict[str, Any]) -> dict[str, Any]:
     virtual = rattler.VirtualPackage.detect(rattler.VirtualPackageOverrides.from_env())
     problem = _check_archives(records) or _check_virtual(records, virtual)
     if problem is None and request.get("offline"):  # named at once, not after retries
-        problem = _uncached(records, request["package_cache"])
+        problem = rattler_offline.uncached(records, request["package_cache"])
     if problem is not None:
         return problem
     try:
@@ -493,7 +400,7 @@ async def _install_locked(request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "stage": "install", "message": message, "package": package}
     # also offline: an unpacked bundle's packages are new in this cache, and later
     # offline solves can offer them only with their origins noted
-    _remember_origins(records, request["package_cache"])
+    rattler_offline.remember_origins(records, request["package_cache"])
     lock_path = Path(request["build_prefix"]) / ".bayou" / "conda-lock.yml"
     lock.to_path(lock_path)
     return {
