@@ -21,6 +21,10 @@ What each figure is (see compare.py's docstring for the method in full):
   shut down in `teardown`, outside the timing. Here the time is the caller's
   wall clock until it holds both results (compare.py uses the workers' own
   finishing stamps; the two differ by one result delivery).
+* ``ActorCall.time_actor_call``: one ``a.noop().result()`` on a warm actor,
+  ``a = ex.actor(workloads.Model, args=(3,))`` (a process of its own, besides
+  the 2 workers); actors.py sets it against the task round trip and a Dask
+  actor.
 * ``WorkerMemory.track_*``: mean USS per worker in MiB, the workers being the
   new children of the benchmark process (psutil), idle after warm-up, and
   after a 100 MB round trip.
@@ -149,6 +153,29 @@ class ColdStart:
         while len(pids) < WORKERS:
             futures = [ex.submit(workloads.sleep_stamp, 0.05) for _ in range(WORKERS)]
             pids |= {f.result()[0] for f in futures}
+
+
+class ActorCall:
+    """A warm actor's method call (`EnvExecutor.actor`): RoundTrip's figure for actors."""
+
+    params = ENVS
+    param_names = ["env"]
+    timeout = 300.0
+
+    def setup(self, env: str) -> None:
+        self.ex = bayou.EnvExecutor(WORKERS, env=_env(env))
+        self.actor = self.ex.actor(workloads.Model, args=(3,))
+        if self.actor.predict(2).result() != 6:
+            raise RuntimeError("the actor's predict(2) is not 6")
+        for _ in range(50):
+            self.actor.noop().result()
+
+    def teardown(self, env: str) -> None:
+        self.actor.close()
+        self.ex.shutdown(wait=True)
+
+    def time_actor_call(self, env: str) -> None:
+        self.actor.noop().result()
 
 
 class WorkerMemory:

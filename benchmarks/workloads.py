@@ -1,4 +1,4 @@
-"""The functions the executor benchmarks run in workers.
+"""The functions the executor benchmarks run in workers, and the class their actors hold.
 
 They live in an importable module (``benchmarks.workloads``), not in the
 benchmark script, so that every executor gets them the same way:
@@ -15,6 +15,7 @@ imported in a worker only when a numpy array is unpickled there).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import TypeVar
 
@@ -45,3 +46,26 @@ def sleep_stamp(seconds: float) -> tuple[int, float]:
     """
     time.sleep(seconds)
     return os.getpid(), time.monotonic()
+
+
+class Model:
+    """An actor's class (``EnvExecutor.actor``, Dask's ``actor=True``): state
+    built once in its process, methods called on it there."""
+
+    def __init__(self, k: int = 1) -> None:
+        self.k = k
+
+    def noop(self) -> None:
+        """The cheapest possible method call: measures the actor's own round trip."""
+        return None
+
+    def predict(self, x: int) -> int:
+        return x * self.k
+
+    def python(self) -> str:
+        """The X.Y of the interpreter that holds the object."""
+        return f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+    def getpid(self) -> int:
+        """Which process holds the object (not ``pid``: `bayou.Actor.pid` is a property)."""
+        return os.getpid()

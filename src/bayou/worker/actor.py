@@ -39,8 +39,12 @@ def resolve(reference: str):
 
 
 def method(name: str):
-    """What a TASK naming `name` calls: looked up at call time, so a name the object
-    lacks fails the call with its own AttributeError, not as a load failure."""
+    """What a TASK naming `name` calls: the object's bound method, looked up for each
+    call (an object may replace its attributes); a name it lacks fails the call
+    itself with its own AttributeError, not as a load failure."""
+    found = getattr(_instance, name, None)
+    if found is not None:
+        return found
     return functools.partial(call, name)
 
 
