@@ -58,6 +58,7 @@ import cloudpickle
 from . import errors, mp_objects
 from .worker import codec, names, wire
 from .worker import shm as worker_shm
+from .worker.codec import is_plain
 
 PICKLE_PROTOCOL = 5
 CALLER_XY = tuple(sys.version_info[:2])
@@ -281,6 +282,8 @@ class TaskEncoder:
         With a `buffers` list, big pickle buffers are left out of band and
         appended to it (`worker.shm.collector`): the pickle needs them to load.
         """
+        if is_plain(obj):  # the bytes cloudpickle would write, without its Pickler
+            return pickle.dumps(obj, PICKLE_PROTOCOL), frozenset()
         callback = None if buffers is None else worker_shm.collector(buffers)
         buf = io.BytesIO()
         if not self.foreign:
