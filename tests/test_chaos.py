@@ -119,3 +119,31 @@ def test_workers_killed_while_starting_do_not_break_the_pool():
         assert value is None or tasks.comparable(value) == tasks.expected(7)
         assert ex._pool.broken is None
         assert tasks.comparable(ex.submit(tasks.work, 8).result(60)) == tasks.expected(8)
+
+
+@pytest.mark.slow
+def test_actors_keep_their_rules_while_a_killer_strikes_every_80_to_200_ms():
+    """Two actors (max_restarts 1 and 50) take 300 calls while their processes are
+    SIGKILLed: each call returns a value that fits the object that answered (its
+    running sum, in submission order) or fails as documented (`WorkerCrashedError`,
+    `ActorDiedError`), nothing hangs, and no actor process outlives the executor.
+    benchmarks/actor_chaos.py checks each call and the actors' counters."""
+    from benchmarks.actor_chaos import run_actor_chaos
+
+    r = run_actor_chaos(
+        300, 2, max_restarts=(1, 50), interval=(0.08, 0.2), seed=4, work_seconds=0.005
+    )
+    print()
+    print(r.summary())
+    assert r.lost == [], r.lost[:5]
+    assert r.wrong == [], r.wrong[:10]
+    assert r.hung == 0 and r.extra_callbacks == 0 and not r.shutdown_hung
+    assert r.leftover_processes == []
+    assert r.returned + r.crashed + r.died == r.calls + r.parting
+    assert r.ok
+    # 150 calls x 5 ms on each actor: the run lasts >= 0.75 s, so the killer struck,
+    # rebuilt objects answered, and some kills landed on a call in flight
+    assert r.kills >= 3 and r.deaths >= 3
+    assert r.objects >= 3 and r.processes > r.killed_pids
+    assert r.crashed >= 1
+    assert r.dead_actors <= 1  # the actor with 50 restarts outlived its ~10 deaths

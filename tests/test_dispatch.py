@@ -273,15 +273,39 @@ def test_max_restarts_zero_breaks_at_the_first_death():
     assert d.exited(w, -signal.SIGKILL, 1.0, crash).out_of_restarts
 
 
-def test_deaths_at_shutdown_and_in_a_task_pool_do_not_count():
+def test_workers_stopped_at_shutdown_and_task_pools_count_no_deaths():
     d = pool(max_workers=1, min_workers=1, max_restarts=0)
     (w,) = ready_workers(d, 1)
     d.shutdown(False, 1.0)
     assert not d._spawn_needed()  # no rebuild while shutting down
+    to_stop, _ = d.finish(1.0)
+    assert to_stop == [w]
     assert not d.exited(w, 0, 2.0, crash).out_of_restarts and d.deaths == 0
     plain = pool(max_workers=1)  # no max_restarts: deaths are only replaced
     (w,) = ready_workers(plain, 1)
     assert not plain.exited(w, -signal.SIGKILL, 1.0, crash).out_of_restarts
+
+
+def test_a_death_while_shutdown_waits_for_queued_calls_counts():
+    d = pool(max_workers=1, min_workers=1, max_restarts=0)
+    running, queued = Item(), Item()
+    d.submit(running, 0.0)
+    d.submit(queued, 0.0)
+    (w,) = ready_workers(d, 1)
+    d.shutdown(False, 1.0)  # waits for both calls
+    end = d.exited(w, -signal.SIGKILL, 2.0, crash)
+    assert end.fate == "failed" and end.out_of_restarts and not end.plan.spawn
+    assert d.deaths == 1
+
+
+def test_outside_kills_of_an_actor_being_built_count_only_as_restarts():
+    d = pool(max_workers=1, min_workers=1, max_restarts=100)
+    for _ in range(dispatch.MAX_START_KILLS + 5):
+        end = start_death(d, -signal.SIGKILL)
+        assert not end.start_failed and not end.out_of_restarts
+    for _ in range(dispatch.MAX_START_FAILURES - 1):  # it exits by itself: deterministic
+        assert not start_death(d, 1).start_failed
+    assert start_death(d, 1).start_failed
 
 
 def test_served_counts_answers_over_all_workers():

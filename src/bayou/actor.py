@@ -235,8 +235,9 @@ class Actor:
 
     @property
     def pid(self) -> int | None:
-        """The process holding the object now (None while it is rebuilt, or dead)."""
-        return next(iter(self._pool.processes), None)
+        """The process holding (or building) the object now; None once it is dead."""
+        pids = tuple(self._pool.processes)  # one C call: the supervisor changes it
+        return pids[0] if pids else None
 
     @property
     def calls(self) -> int:

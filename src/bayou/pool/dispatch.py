@@ -36,11 +36,13 @@ The rules:
   a task being cancelled ends cancelled. Workers that die before READY break
   the pool after ``MAX_START_FAILURES`` in a row, or ``MAX_START_KILLS`` in a
   row when a signal someone sends killed them (the OOM killer, an admin).
-* Restarts (an actor's pool: ``max_restarts`` set). Every death that is not
-  shutdown's counts, wherever it happens (a call in flight, an idle worker,
-  a constructor that crashes the process); the death after ``max_restarts``
-  of them breaks the pool, so queued and later calls fail
-  (`errors.ActorDiedError`). ``min_workers`` keeps that many alive without
+* Restarts (an actor's pool: ``max_restarts`` set). Every death counts but
+  that of a worker shutdown stopped, wherever it happens (a call in flight,
+  an idle worker, a constructor that crashes the process, a kill while
+  shutdown waits for queued calls); the death after ``max_restarts`` of them
+  breaks the pool, so queued and later calls fail (`errors.ActorDiedError`).
+  Outside kills before READY are then counted only as restarts (not
+  ``MAX_START_KILLS``); ``MAX_START_FAILURES`` exits of its own still break. ``min_workers`` keeps that many alive without
   work: an actor is built at once, and rebuilt after a death.
 * Deadlines: start timeout, heartbeat timeout, ``task_timeout``, the cancel
   grace (`bayou.cancel`, ``SHUTDOWN_GRACE`` at shutdown), retiring workers
@@ -104,6 +106,7 @@ class Worker:
     cancel_deadline: float | None = None
     next_memory_check: float = 0.0
     memory_strikes: int = 0  # consecutive checks that found it over the cap
+    stopped: bool = False  # asked to leave at shutdown: its death is no restart
 
     def __post_init__(self) -> None:
         self.last_seen = self.task_started = self.started_at
@@ -253,11 +256,12 @@ class Dispatch(Generic[W]):
             else:
                 self.start_failures += 1
             out.keep_logs = True
-        out.start_failed = (
-            self.start_failures >= MAX_START_FAILURES or self.start_kills >= MAX_START_KILLS
-        )
         restarts = self.limits.max_restarts
-        if restarts is not None and not self.shutdown_requested and self.broken is None:
+        out.start_failed = self.start_failures >= MAX_START_FAILURES or (
+            # outside kills of an actor being built are its restarts' business
+            restarts is None and self.start_kills >= MAX_START_KILLS
+        )
+        if restarts is not None and not w.stopped and self.broken is None:
             self.deaths += 1
             out.out_of_restarts = self.deaths > restarts
         out.plan = self._plan(now)
@@ -312,6 +316,7 @@ class Dispatch(Generic[W]):
             return [], False
         to_stop = [w for w in self.workers if w.phase in (Phase.STARTING, Phase.IDLE)]
         for w in to_stop:
+            w.stopped = True
             self.retire(w, now)
         return to_stop, not self.workers
 
