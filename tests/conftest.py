@@ -124,3 +124,15 @@ def recording_server():
     server = Recorder(NotFoundHandler)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def pools(store_root):
+    """The test's store; every persistent pool still running at the end is stopped."""
+    from bayou.persistent import registry
+    from bayou.store import Store
+
+    store = Store(store_root)
+    yield store
+    for entry in registry.entries(store):
+        registry.kill_host(entry, timeout=5.0)

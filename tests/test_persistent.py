@@ -25,7 +25,6 @@ import pytest
 import bayou
 import bayou._version
 from bayou.persistent import PoolNotFoundError, PoolVersionError, registry
-from bayou.store import Store
 
 BAYOU = [sys.executable, "-m", "bayou.cli"]
 REPO = Path(__file__).resolve().parent.parent
@@ -59,15 +58,6 @@ def gone(pid: int, create_time: float | None = None, timeout: float = 30.0) -> b
             return True
         time.sleep(0.05)
     return False
-
-
-@pytest.fixture
-def pools(store_root):
-    """The test's store; every pool still running at the end is stopped."""
-    store = Store(store_root)
-    yield store
-    for entry in registry.entries(store):
-        registry.kill_host(entry, timeout=5.0)
 
 
 @pytest.mark.slow

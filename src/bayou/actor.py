@@ -123,35 +123,61 @@ def start_local(
     max_restarts: int,
     env_vars: dict[str, str] | None,
 ) -> Pool:
-    """An actor's pool in this process, started: its worker builds the object now.
+    """An actor's pool in this process, started: its worker builds the object now."""
+    blobs, roots = encode_constructor(encoder, cls, args, kwargs)
+    return start_pool(
+        environment,
+        options,
+        pickle_constructor(blobs),
+        roots,
+        max_restarts=max_restarts,
+        env_vars=env_vars,
+        title=f"actor {target_label(cls)}",
+    )
+
+
+def start_pool(
+    environment: Environment,
+    options: dict[str, Any],
+    constructor: bytes,
+    roots: frozenset[str],
+    *,
+    max_restarts: int,
+    env_vars: dict[str, str] | None,
+    title: str,
+    settle: Callable[[WorkItem, int, Any], None] | None = None,
+) -> Pool:
+    """A started one-worker pool building `constructor` (`pickle_constructor`); also
+    what a persistent pool's host runs for a client's actor (with its `settle`).
 
     `options` are the executor's pool options: its initializer runs first in
     the actor's process too, and its timeouts, memory cap, output and logs
     apply; `retries` do not (a call is not run twice on an object whose state
     it may have changed)."""
-    blobs, roots = encode_constructor(encoder, cls, args, kwargs)
     variables = dict(env_vars or {})
     pool = Pool(
         environment,
         max_workers=1,
-        initializer=options["initializer"],
-        initializer_roots=frozenset(options["initializer_roots"]) | roots,
-        heartbeat_timeout=options["heartbeat_timeout"],
-        task_timeout=options["task_timeout"],
+        initializer=options.get("initializer"),
+        initializer_roots=frozenset(options.get("initializer_roots", ())) | roots,
+        heartbeat_timeout=options.get("heartbeat_timeout", 10.0),
+        task_timeout=options.get("task_timeout"),
         retries=0,
-        max_memory_per_worker=options["max_memory_per_worker"],
-        log_dir=options["log_dir"],
-        output=options["output"],
+        max_memory_per_worker=options.get("max_memory_per_worker"),
+        log_dir=options.get("log_dir"),
+        output=options.get("output", "inherit"),
         worker_env=(lambda slot: variables) if variables else None,
-        actor=_pickle_pair(blobs),
+        actor=constructor,
         max_restarts=max_restarts,
-        title=f"actor {target_label(cls)}",
+        title=title,
+        settle=settle,
     )
     pool.start()
     return pool
 
 
-def _pickle_pair(blobs: tuple[bytes, bytes]) -> bytes:
+def pickle_constructor(blobs: tuple[bytes, bytes]) -> bytes:
+    """What WELCOME carries: the pickled class and the pickled (args, kwargs)."""
     return pickle.dumps(blobs, 4)
 
 
@@ -180,14 +206,22 @@ class Actor:
     the calls and to the object's state.
     """
 
-    def __init__(self, pool: ActorPool, encoder: TaskEncoder, cls: Any, name: str | None) -> None:
+    def __init__(
+        self,
+        pool: ActorPool,
+        encoder: TaskEncoder,
+        cls: Any,
+        name: str | None,
+        end_on_drop: bool = True,
+    ) -> None:
         self._pool = pool
         self._encoder = encoder
         self._label = target_label(cls)
         self.name = name
         self._closed = False
-        # dropping the last reference ends the actor's process, after its calls
-        self._finalizer = weakref.finalize(self, pool.shutdown, False, False)
+        if end_on_drop:  # (not a persistent pool's named actor: that one is the pool's)
+            # dropping the last reference ends the actor's process, after its calls
+            weakref.finalize(self, pool.shutdown, False, False)
 
     # -- calls --------------------------------------------------------------------
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .. import actor as actor_module
+from ..actor import Actor
 from ..boundary import TaskEncoder
 from ..environment import Environment
 from ..executor import EnvExecutor
@@ -29,6 +31,7 @@ from ..store import Store
 from . import registry
 from .client import _PREPARED, RemotePool, connect, list_pools, start, stop
 from .registry import PoolEntry, PoolNotFoundError, PoolVersionError
+from .remote_actor import RemoteActorPool, reply_value
 
 
 class PersistentExecutor(EnvExecutor):
@@ -64,6 +67,52 @@ class PersistentExecutor(EnvExecutor):
     def info(self) -> dict[str, Any]:
         """The host's view: worker pids, tasks served, attached clients, versions."""
         return self._pool.info()
+
+    def actor(
+        self,
+        cls: type[Any] | str,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        max_restarts: int = 0,
+        name: str | None = None,
+        env_vars: dict[str, str] | None = None,
+    ) -> Actor:
+        """An actor living in the pool host (docs/actors.md, docs/persistent.md).
+
+        As `EnvExecutor.actor`; a `name` makes it the pool's: it outlives this
+        process until `close()` or ``bayou workers stop``. ``actor("model")``
+        (a name, no ``module:`` part, no arguments) finds a named actor made
+        by any client of the pool."""
+        if isinstance(cls, str) and ":" not in cls:
+            if args or kwargs or max_restarts or env_vars or name not in (None, cls):
+                raise TypeError(
+                    f"actor({cls!r}) finds the pool's actor of that name: it takes no "
+                    "constructor arguments or options (a class is 'module:Qualname')"
+                )
+            key, label = reply_value(self._pool.request("actor_find", cls))
+            return Actor(RemoteActorPool(self._pool, key), self._encoder, label, key, False)
+        actor_module.check_target(cls)
+        max_restarts = actor_module.check_restarts(max_restarts)
+        variables = actor_module.check_env_vars(env_vars)
+        if name is not None:
+            registry.check_name(name)
+        blobs, roots = actor_module.encode_constructor(
+            self._encoder, cls, tuple(args), dict(kwargs or {})
+        )
+        key, label = reply_value(
+            self._pool.request(
+                "actor",
+                name,
+                actor_module.target_label(cls),
+                actor_module.pickle_constructor(blobs),
+                tuple(sorted(roots)),
+                max_restarts,
+                variables,
+            )
+        )
+        handle = Actor(RemoteActorPool(self._pool, key), self._encoder, label, name, name is None)
+        return handle
 
     def stop_pool(self, timeout: float = 30.0) -> None:
         """Stop the persistent pool itself (not only this process's attachment)."""

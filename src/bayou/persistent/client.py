@@ -8,9 +8,10 @@ Data flow::
          env or spawn one (host.py), wait for its "ready" line ─▶ connect(N)
     bayou.attach(N) ─▶ connect(N) ─▶ PersistentExecutor around that RemotePool
 
-    submit ─▶ EnvExecutor encodes (fn, args) here ─▶ RemotePool.submit
+    submit ─▶ EnvExecutor encodes (fn, args) here ─▶ RemotePool.submit (`remote`)
            ─▶ ("submit", id, ...) over the authenticated socket ─▶ host
-    reader thread ◀─ running / progress / result / exception / cancelled / stopped
+    result() reads the answer itself (a follower), or the reader thread does
+           ◀─ running / progress / result / exception / cancelled / stopped
            ─▶ the local BayouFuture (results are unpickled here, as with a local pool)
 
 `shutdown()` detaches (after the submitted tasks finish, with ``wait=True``);
@@ -20,22 +21,16 @@ sends the host SIGTERM: that works whatever bayou version the host runs.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import contextvars
-import functools
-import itertools
 import logging
 import os
 import pickle
-import queue
 import selectors
 import signal
 import subprocess
 import sys
-import threading
 import time
-import weakref
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import connection
 from pathlib import Path
@@ -43,12 +38,11 @@ from typing import Any
 
 from .. import logs
 from ..environment import Environment
-from ..futures import end_cancelled, fail
-from ..pool import SHUTDOWN_GRACE, WorkItem, lifetime, outcome
 from ..store import Store
-from ..worker import wire
 from . import registry
+from .link import Link
 from .registry import PoolNotFoundError, PoolVersionError
+from .remote import RemotePool
 
 logger = logging.getLogger("bayou.persistent")
 
@@ -101,7 +95,7 @@ def connect(name: str, store: Store | str | os.PathLike | None = None) -> Remote
     if kind == "refused":
         conn.close()
         raise PoolVersionError(payload)
-    return RemotePool(name, store, conn, payload)
+    return RemotePool(name, store, Link(conn), payload)
 
 
 def start(
@@ -219,220 +213,3 @@ def stop(
 def list_pools(store: Store | str | os.PathLike | None = None) -> list[registry.PoolEntry]:
     """The live persistent pools of a store (dead entries are pruned on the way)."""
     return registry.entries(_store(store))
-
-
-# -- the client's pool ------------------------------------------------------------------
-
-
-class RemotePool:
-    """Stands in for `Pool` inside an executor: relays work items to a pool host."""
-
-    def __init__(self, name: str, store: Store, conn: connection.Connection, welcome: dict):
-        self.name = name
-        self.store = store
-        self.environment: Environment = welcome["environment"]
-        self.max_workers: int = welcome["max_workers"]
-        self.host_pid: int = welcome["host_pid"]
-        self.broken: str | None = None
-        self._shutdown = False
-        self.processes: dict = {}  # the workers are the host's children, not ours
-        self.segments = None  # no shared memory with the host: buffers travel inline
-        self.retries = 0  # retrying is the host pool's business
-        self._conn = conn
-        self._send_lock = threading.Lock()
-        self._lock = threading.Lock()
-        self._items: dict[int, WorkItem] = {}
-        self._ids = itertools.count(1)
-        self._detached = False
-        self._detach_when_idle = False
-        self._replies: queue.SimpleQueue = queue.SimpleQueue()
-        self.thread = threading.Thread(
-            target=self._read_loop, name=f"bayou-persistent-{name}", daemon=True
-        )
-        self.thread.start()
-        lifetime.register(self)
-
-    # -- called from user threads -------------------------------------------------------
-
-    def submit(self, item: WorkItem) -> None:
-        with self._lock:
-            lifetime.check_accepting(self.broken, self._shutdown)
-            task_id = item.task_id = next(self._ids)
-            self._items[task_id] = item
-        fut = item.future
-        fut.bind(cancel=functools.partial(_cancel_by_ref, weakref.ref(self), task_id))
-        fut.add_done_callback(functools.partial(_local_done, weakref.ref(self), task_id))
-        oob = getattr(item, "oob", None)  # big argument buffers, inline (segments is None)
-        message = (
-            "submit",
-            task_id,
-            item.call_kind,
-            item.fn_record,
-            item.args_blob,
-            tuple(sorted(item.roots)),
-            item.label,
-            None if oob is None else list(oob.inline),
-        )
-        item.release()
-        if not self._send(message):
-            self._break(f"lost the connection to the persistent pool {self.name!r}")
-
-    def cancel(self, task_id: int, grace: float) -> bool:
-        """`bayou.cancel` on one of our futures."""
-        with self._lock:
-            item = self._items.get(task_id)
-        if item is None or item.future.done():
-            return False
-        if item.future.cancel():
-            return True  # still queued here or at the host: _local_done tells the host
-        self._send(("cancel", task_id, grace))
-        return True
-
-    def info(self, timeout: float = 10.0) -> dict:
-        """The host's current entry (worker pids, tasks served, clients...)."""
-        self._send(("info",))
-        return self._replies.get(timeout=timeout)
-
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        """Detach from the host; the pool and its workers keep running."""
-        with self._lock:
-            self._shutdown = True
-            items = list(self._items.items())
-        if cancel_futures:
-            for task_id, item in items:
-                if not item.future.cancel():
-                    self._send(("cancel", task_id, SHUTDOWN_GRACE))
-        if not wait:
-            with self._lock:
-                if self._items:
-                    self._detach_when_idle = True
-                    return
-            self._detach()
-            return
-        futures = [item.future for _, item in items]
-        while futures:
-            _, pending = concurrent.futures.wait(futures, timeout=1.0)
-            futures = list(pending)
-            if self.broken is not None:
-                break
-        self._detach()
-
-    @property
-    def debug_ports(self) -> dict[int, int]:
-        from ..debugging import debug_root, listening
-
-        return {w["pid"]: w["port"] for w in listening(debug_root(self.store) / self.name)}
-
-    # -- internals --------------------------------------------------------------------
-
-    def _send(self, message: tuple) -> bool:
-        with self._send_lock:
-            if self._detached:
-                return False
-            try:
-                self._conn.send(message)
-                return True
-            except (OSError, ValueError):
-                return False
-
-    def _detach(self) -> None:
-        with self._send_lock:
-            if self._detached:
-                return
-            with contextlib.suppress(OSError, ValueError):
-                self._conn.send(("detach",))
-            self._detached = True
-        lifetime.unregister(self)
-        if threading.current_thread() is not self.thread:
-            self.thread.join(5.0)
-        with contextlib.suppress(OSError):
-            self._conn.close()
-
-    def _pop(self, task_id: int) -> WorkItem | None:
-        with self._lock:
-            item = self._items.pop(task_id, None)
-            idle = self._detach_when_idle and not self._items
-        if idle:
-            threading.Thread(target=self._detach, daemon=True).start()
-        return item
-
-    def _read_loop(self) -> None:
-        reason = (
-            f"lost the connection to the persistent pool {self.name!r} (host pid {self.host_pid})"
-        )
-        try:
-            while True:
-                message = self._conn.recv()
-                kind = message[0]
-                if kind == "stopped":
-                    reason = f"the persistent pool {self.name!r} was stopped ({message[1]})"
-                    break
-                if kind == "info":
-                    self._replies.put(message[1])
-                    continue
-                task_id = message[1]
-                if kind == "running":
-                    with self._lock:
-                        item = self._items.get(task_id)
-                    if item is not None:
-                        item.future.set_running_or_notify_cancel()
-                elif kind == "progress":
-                    with self._lock:
-                        item = self._items.get(task_id)
-                    if item is not None:
-                        item.future._set_progress(*message[2:])
-                elif kind == "result":
-                    item = self._pop(task_id)
-                    if item is not None and _started(item.future):
-                        status, data = message[2], local_result(message[2], message[3])
-                        outcome.settle(item, status, data, self.environment)
-                elif kind == "exception":
-                    item = self._pop(task_id)
-                    if item is not None:
-                        fail(item.future, pickle.loads(message[2]))
-                elif kind == "cancelled":
-                    item = self._pop(task_id)
-                    if item is not None:
-                        end_cancelled(item.future)
-        except (EOFError, OSError, pickle.UnpicklingError):
-            pass
-        if not self._detached:
-            self._break(reason)
-
-    def _break(self, message: str) -> None:
-        with self._lock:
-            if self.broken is None:
-                self.broken = message
-            items = list(self._items.values())
-            self._items.clear()
-        for item in items:
-            fail(item.future, BrokenProcessPool(message))
-        lifetime.unregister(self)
-
-
-def _cancel_by_ref(pool_ref, task_id: int, grace: float = 5.0) -> bool:
-    pool = pool_ref()
-    return pool.cancel(task_id, grace) if pool is not None else False
-
-
-def _local_done(pool_ref, task_id: int, fut) -> None:
-    """A future cancelled here before the host settled it: tell the host to drop the task."""
-    pool = pool_ref()
-    if pool is None or not fut.cancelled():
-        return
-    if pool._pop(task_id) is not None:
-        pool._send(("cancel", task_id, 0.0))
-
-
-def _started(fut) -> bool:
-    return fut.running() or fut.set_running_or_notify_cancel()
-
-
-def local_result(status: int, data: Any) -> Any:
-    """Undo `host.portable_result`: the ``data`` that `Pool._complete` expects."""
-    if status == wire.OK:
-        blob, buffers = data
-        return blob, 0, len(blob), buffers
-    if isinstance(data, bytes):
-        return pickle.loads(data)  # an exception the host met decoding the result
-    return data

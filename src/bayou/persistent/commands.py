@@ -109,7 +109,18 @@ def cmd_workers_list(args: argparse.Namespace) -> int:
             f"{p.host_pid:>7}  {_uptime(p.uptime):>7}  {d.get('tasks_served', 0):>6}  "
             f"{pids}{flag}"
         )
+        for a in d.get("actors", ()):
+            state = "" if a.get("alive", True) else " (dead)"
+            print(
+                f"  actor {str(a.get('name'))[:20]:<20}  {str(a.get('class'))[:24]:<24}  "
+                f"pid {a.get('pid') or '-':>7}  calls {a.get('calls', 0):>7}  "
+                f"restarts {a.get('restarts', 0):>3}  rss {_mib(a.get('rss') or 0)}{state}"
+            )
     return 0
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.0f} MiB"
 
 
 def cmd_workers_stop(args: argparse.Namespace) -> int:

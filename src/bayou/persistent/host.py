@@ -9,19 +9,20 @@ outlives its starter), logs to ``<store>/logs/pools/<name>/manager.log``
 (rotated; raw stdio to ``host.out``) and then:
 
     Listener (AF_UNIX, <state>/pools/<name>/sock, authkey from the 0600 key file)
-      └─ one Session per client connection (thread + outbox writer thread)
+      └─ one Session per client connection (`session`: its thread, and an
+         `outbox` writer for what other threads send it)
            hello ─▶ version check ─▶ welcome(environment, options)
            submit(task id, call kind, fn record, args blob, roots, label)
                ─▶ WorkItem ─▶ Pool (settle=relay_settle) ─▶ workers of the env
+               the session thread follows the worker and answers from there
            ◀─ running / progress / result(status, raw data) / exception / cancelled
            cancel, info, detach
 
-Tasks arrive already encoded by the client (its `TaskEncoder`), and results
-go back undecoded (`relay_settle`): the host never imports the
-caller's modules and never unpickles user objects. A client that vanishes
-without detaching has its outstanding tasks cancelled. SIGTERM (`bayou workers stop`)
-removes the entry first (no new attach), cancels queued work, stops the
-workers, tells the clients, and deletes the pool's directory.
+The host never imports the caller's modules and never unpickles user
+objects (`session.relay_settle`). A client that vanishes without detaching
+has its outstanding tasks cancelled. SIGTERM (`bayou workers stop`) removes
+the entry first (no new attach), cancels queued work, stops the workers,
+tells the clients, and deletes the pool's directory.
 """
 
 from __future__ import annotations
@@ -31,259 +32,29 @@ import itertools
 import logging
 import os
 import pickle
-import queue
 import signal
 import sys
 import threading
 import time
-from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import AuthenticationError, connection
+from multiprocessing import connection
 from pathlib import Path
 from typing import Any
 
-from .. import logs, protocol
+from .. import logs
 from ..futures import BayouFuture
 from ..pool import Pool, WorkItem
 from ..store import Store
 from ..worker import wire
 from . import registry
-from .registry import version_mismatch, versions
+from .actors import HostActors
+from .registry import versions
+from .session import Session, relay_settle
 
 logger = logging.getLogger("bayou.persistent")
 
 ENTRY_INTERVAL = 1.0  # s between entry.json refreshes (only rewritten on change)
 PRUNE_INTERVAL = 60.0  # s between worker-log rotations
 WARMUP_TIMEOUT = 300.0
-
-
-def relay_settle(item: WorkItem, status: int, data: Any) -> None:
-    """The host's settle strategy for its `Pool`: hand results back undecoded.
-
-    A local pool decodes a worker's answer (`outcome.settle`); here it is only
-    made portable (`portable_result`) and parked on the future for its session
-    to send, so the host never imports the user's classes: the client unpickles.
-    """
-    fut = item.future
-    try:
-        if item.cancel_requested:
-            fut._force_cancel()
-            return
-        fut.raw = (status, portable_result(status, data))
-        del data
-    finally:
-        item.release()
-    if not fut.done():
-        with contextlib.suppress(Exception):
-            fut.set_result(None)
-
-
-def portable_result(status: int, data: Any) -> Any:
-    """A worker's result as `Pool._complete` receives it, in a form that pickles.
-
-    OK results arrive as ``(payload, start, end, out-of-band buffers)`` (views
-    that may map shared memory): they travel as ``(pickle bytes, [buffer
-    bytes] or None)`` and `client.local_result` rebuilds the tuple. Failures
-    are error records (dicts of builtins) or, for a protocol error, an
-    exception, which travels pickled.
-    """
-    if status == wire.OK:
-        payload, start, end, buffers = data
-        blob = bytes(memoryview(payload)[start:end])
-        return blob, None if buffers is None else [bytes(b) for b in buffers]
-    if isinstance(data, BaseException):
-        return _pickle_exception(data)
-    return data
-
-
-class RelayFuture(BayouFuture[Any]):
-    """The host-side future of one client task: its state changes go to the client."""
-
-    def __init__(self, session: Session, task_id: int) -> None:
-        super().__init__()
-        self.session = session
-        self.task_id = task_id
-        self.raw: tuple[int, Any] | None = None
-
-    def set_running_or_notify_cancel(self) -> bool:
-        started = super().set_running_or_notify_cancel()
-        if started:
-            self.session.post(("running", self.task_id))
-        return started
-
-
-class Session:
-    """One client connection."""
-
-    def __init__(self, host: Host, conn: connection.Connection, number: int) -> None:
-        self.host = host
-        self.conn = conn
-        self.number = number
-        self.client_pid: int | None = None
-        self.items: dict[int, WorkItem] = {}
-        self.lock = threading.Lock()
-        self.outbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.closed = False
-        self.detached = False
-        self.writer: threading.Thread | None = None
-
-    def post(self, message: tuple) -> None:
-        if not self.closed:
-            self.outbox.put(message)
-
-    def _writer(self) -> None:
-        while True:
-            message = self.outbox.get()
-            if message is None:
-                break
-            try:
-                self.conn.send(message)
-            except (OSError, ValueError, EOFError):
-                break
-        with contextlib.suppress(OSError):
-            self.conn.close()
-
-    def run(self) -> None:
-        try:
-            if not self._authenticate():
-                return
-            self.writer = threading.Thread(
-                target=self._writer, name="bayou-host-writer", daemon=True
-            )
-            self.writer.start()
-            while True:
-                try:
-                    message = self.conn.recv()
-                except (EOFError, OSError):
-                    break
-                if not self._handle(message):
-                    break
-        finally:
-            self._end()
-
-    def _authenticate(self) -> bool:
-        key = self.host.key
-        try:
-            connection.deliver_challenge(self.conn, key)
-            connection.answer_challenge(self.conn, key)
-            kind, hello = self.conn.recv()
-        except (AuthenticationError, EOFError, OSError, ValueError, TypeError):
-            logger.warning("rejected a connection that failed authentication")
-            with contextlib.suppress(OSError):
-                self.conn.close()
-            return False
-        mine = versions()
-        theirs = {k: hello.get(k) for k in mine}
-        self.client_pid = hello.get("pid")
-        if kind != "hello" or theirs != mine:
-            text = version_mismatch(self.host.name, mine, theirs, self.host.pid)
-            logger.warning("refused client pid %s: %s", self.client_pid, text)
-            with contextlib.suppress(OSError):
-                self.conn.send(("refused", text))
-                self.conn.close()
-            return False
-        self.conn.send(("welcome", self.host.welcome()))
-        logger.info("client pid %s attached (session %d)", self.client_pid, self.number)
-        return True
-
-    def _handle(self, message: tuple) -> bool:
-        kind = message[0]
-        if kind == "submit":
-            self._submit(*message[1:])
-        elif kind == "cancel":
-            _, task_id, grace = message
-            with self.lock:
-                item = self.items.get(task_id)
-            if item is not None:
-                assert self.host.pool is not None  # clients attach once the pool started
-                self.host.pool.cancel(item, grace)
-        elif kind == "info":
-            self.post(("info", self.host.info()))
-        elif kind == "detach":
-            self.detached = True
-            return False
-        return True
-
-    def _submit(self, task_id, call_kind, fn_record, args_blob, roots, label, buffers) -> None:
-        fut = RelayFuture(self, task_id)
-        pool = self.host.pool
-        assert pool is not None  # clients attach once the pool started
-        item = WorkItem(
-            future=fut,
-            call_kind=call_kind,
-            fn_record=fn_record,
-            args_blob=args_blob,
-            roots=frozenset(roots),
-            label=label,
-        )
-        with self.lock:
-            self.items[task_id] = item
-        fut.add_progress_callback(
-            lambda f, p: self.post(("progress", task_id, p.done, p.total, p.message))
-        )
-        fut.add_done_callback(self._done)  # type: ignore[arg-type]  # called with `fut` itself
-        try:
-            if buffers:  # the client's big argument buffers (bytes): into our shared memory
-                views = [memoryview(b) for b in buffers]
-                item.oob = protocol.stage_buffers(views, pool.segments, private=pool.retries > 0)
-            pool.submit(item)
-        except BaseException as exc:
-            item.release()
-            error = exc
-            if self.host.stop_event.is_set():  # raced with a stop: say so, not "shutdown"
-                error = BrokenProcessPool(
-                    f"the persistent pool {self.host.name!r} was stopped ({self.host.stop_reason})"
-                )
-            if not fut.done():
-                fut.set_running_or_notify_cancel()
-                fut.set_exception(error)
-
-    def _done(self, fut: RelayFuture) -> None:
-        task_id = fut.task_id
-        with self.lock:
-            self.items.pop(task_id, None)
-        self.host.count_served()
-        if fut.cancelled():
-            self.post(("cancelled", task_id))
-        elif fut.raw is not None:
-            status, data = fut.raw
-            fut.raw = None
-            self.post(("result", task_id, status, data))
-        else:
-            self.post(("exception", task_id, _pickle_exception(fut.exception())))
-
-    def _end(self) -> None:
-        with self.lock:
-            leftovers = list(self.items.values())
-        if leftovers and not self.detached:
-            logger.warning(
-                "client pid %s went away with %d task(s) outstanding: cancelling them",
-                self.client_pid,
-                len(leftovers),
-            )
-            for item in leftovers:
-                with contextlib.suppress(Exception):
-                    assert self.host.pool is not None
-                    self.host.pool.cancel(item, 1.0)
-        if self.client_pid is not None:
-            logger.info("client pid %s detached (session %d)", self.client_pid, self.number)
-        self.closed = True
-        self.outbox.put(None)
-        self.host.forget(self)
-
-    def close(self, reason: str) -> None:
-        """Tell the client the pool is gone, and let the writer flush that (bounded wait)."""
-        self.post(("stopped", reason))
-        self.closed = True
-        self.outbox.put(None)
-        if self.writer is not None:
-            self.writer.join(2.0)
-
-
-def _pickle_exception(exc: BaseException | None) -> bytes:
-    try:
-        return pickle.dumps(exc, 4)
-    except Exception:
-        return pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"), 4)
 
 
 class Host:
@@ -301,6 +72,7 @@ class Host:
         self.socket = ""
         self.listener: connection.Listener | None = None
         self.pool: Pool | None = None
+        self.actors = HostActors(self.environment, {}, relay_settle)  # options: at start
         self.sessions: set[Session] = set()
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
@@ -324,6 +96,7 @@ class Host:
         options["output"] = "logging"  # nobody's terminal to echo to: the logs have it
         if options.get("log_dir") is None:
             options["log_dir"] = self.log_dir / logs.WORKERS
+        self.actors.options = dict(options)  # an actor's process: same logs, timeouts
         options["settle"] = relay_settle
         if self.config.get("debug"):
             from ..debugging import DebugPool
@@ -404,6 +177,7 @@ class Host:
             "started": self.started,
             "tasks_served": self.served,
             "worker_pids": pids,
+            "actors": self.actors.entries(),
             "socket": self.socket,
             "log_dir": str(self.log_dir),
             "debug": bool(self.config.get("debug")),
@@ -469,6 +243,7 @@ class Host:
         logger.info("stopping persistent pool %r: %s", self.name, self.stop_reason)
         with contextlib.suppress(OSError):
             os.unlink(self.directory / registry.ENTRY)
+        self.actors.stop_all()
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
         with self.lock:

@@ -17,6 +17,11 @@ death as usual. A sequential caller polls for `Pool.spin` seconds before it
 sleeps (`_spin`). Ctrl-C stops it while it sleeps and waits while it does
 bookkeeping (`interrupts`). A bug in here is handed to the supervisor as if
 its loop had raised it (`Pool._crashed`).
+
+A persistent pool's host follows too: the session thread of the client that
+submitted the task (`persistent.session`), with that client's socket as
+`also`: a message from the client ends the wait, and the supervisor reads
+the worker again.
 """
 
 from __future__ import annotations
@@ -47,12 +52,15 @@ def by_ref(pool_ref, item_ref, timeout: float | None) -> float | None:
     return follow(pool, item, timeout)
 
 
-def follow(pool: Pool, item: WorkItem, timeout: float | None) -> float | None:
+def follow(
+    pool: Pool, item: WorkItem, timeout: float | None, also: int | None = None
+) -> float | None:
     """Wait for a running task by reading its worker's socket in this thread.
 
     When it cannot take the socket (another thread reads it, the task is not
     on a worker yet, this is a forked child) it does nothing and the caller
-    waits on the future as before. Returns what is left of `timeout`.
+    waits on the future as before. It also stops waiting when the descriptor
+    `also` turns readable. Returns what is left of `timeout`.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     w = item.worker
@@ -63,7 +71,7 @@ def follow(pool: Pool, item: WorkItem, timeout: float | None) -> float | None:
     held = interrupts.HeldInterrupts()  # Ctrl-C waits until our bookkeeping is whole
     held.hold()
     try:
-        _follow(pool, w, item, deadline, held)
+        _follow(pool, w, item, deadline, held, also)
     finally:
         held.release()  # a Ctrl-C that came meanwhile is raised here
     if deadline is None:
@@ -71,7 +79,7 @@ def follow(pool: Pool, item: WorkItem, timeout: float | None) -> float | None:
     return max(0.0, deadline - time.monotonic())
 
 
-def _follow(pool: Pool, w: WorkerHandle, item: WorkItem, deadline, held) -> None:
+def _follow(pool: Pool, w: WorkerHandle, item: WorkItem, deadline, held, also: int | None) -> None:
     if not w.read_lock.acquire(blocking=False):
         return
     settles: list = []
@@ -87,7 +95,7 @@ def _follow(pool: Pool, w: WorkerHandle, item: WorkItem, deadline, held) -> None
             except (KeyError, ValueError, OSError):
                 return  # closing, or not registered (yet): the supervisor reads
             try:
-                _read_as_follower(pool, w, item, sock, deadline, settles, held)
+                _read_as_follower(pool, w, item, sock, deadline, settles, held, also)
             finally:
                 if w.sock is sock and not w.dead:
                     try:
@@ -125,12 +133,21 @@ def _spin(pool: Pool, poller, w: WorkerHandle) -> list:
 
 
 def _read_as_follower(
-    pool: Pool, w: WorkerHandle, item: WorkItem, sock, deadline, settles: list, held
+    pool: Pool,
+    w: WorkerHandle,
+    item: WorkItem,
+    sock,
+    deadline,
+    settles: list,
+    held,
+    also: int | None = None,
 ) -> None:
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     if w.pidfd is not None:
         poller.register(w.pidfd, select.POLLIN)
+    if also is not None:
+        poller.register(also, select.POLLIN)
     sock_fd = sock.fileno()
     spin = pool.spin > 0
     while not settles and w.item is item and not item.future.done() and not held.caught:
@@ -153,7 +170,7 @@ def _read_as_follower(
             return
         if not any(fd == sock_fd for fd, _ in events):
             if events:
-                return  # the pidfd: it died, the supervisor takes over
+                return  # the pidfd (it died: the supervisor takes over), or `also`
             continue
         if not frames.receive(pool, w, sock, settles):
             return  # EOF: the supervisor sees it too once the socket is back
