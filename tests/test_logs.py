@@ -100,10 +100,11 @@ def test_a_persistent_pool_writes_a_manager_log_and_worker_logs(store):
         ex.shutdown()
         directory = logs.pools_log_dir(store) / "logged"
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            workers = logs.worker_logs(directory)
+        while time.monotonic() < deadline:  # the host logs output as its pipe is read,
+            workers = logs.worker_logs(directory)  # which may be after the result went back
             manager = (directory / logs.MANAGER_LOG).read_text()
-            if workers and "detached" in manager:
+            said = [p for p in workers if "persistent hello" in p.read_text()]
+            if said and "detached" in manager:
                 break
             time.sleep(0.1)
         assert "persistent pool 'logged' ready" in manager and "detached" in manager
