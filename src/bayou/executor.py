@@ -418,7 +418,7 @@ class EnvExecutor(Executor):
             max_restarts=max_restarts,
             env_vars=variables,
         )
-        handle = Actor(pool, self._encoder, cls, name)
+        handle = actor_module.handle_class(cls)(pool, self._encoder, cls, name)
         self._actors.add(handle)
         return handle
 

@@ -111,7 +111,10 @@ class PersistentExecutor(EnvExecutor):
                 variables,
             )
         )
-        handle = Actor(RemoteActorPool(self._pool, key), self._encoder, label, name, name is None)
+        handle_class = actor_module.handle_class(cls)
+        handle = handle_class(
+            RemoteActorPool(self._pool, key), self._encoder, label, name, name is None
+        )
         return handle
 
     def stop_pool(self, timeout: float = 30.0) -> None:
