@@ -27,7 +27,7 @@ from __future__ import annotations
 # The C functions under `signal.signal`/`signal.getsignal`: the Python wrappers
 # convert handlers to enums and back, about 7 us of each result() that follows
 # (both are CPython's own, and behave the same for the callables used here).
-import _signal
+import _signal  # type: ignore[import-not-found]  # (typeshed has no stub)
 import signal
 import threading
 from typing import Any
