@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import select
-import selectors
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -90,18 +89,13 @@ def _follow(pool: Pool, w: WorkerHandle, item: WorkItem, deadline, held, also: i
             sock = w.sock
             if item.worker is not w or sock is None or w.exiting:
                 return
-            try:
-                pool.selector.unregister(sock)
-            except (KeyError, ValueError, OSError):
+            if not pool.io.pause(sock):
                 return  # closing, or not registered (yet): the supervisor reads
             try:
                 _read_as_follower(pool, w, item, sock, deadline, settles, held, also)
             finally:
                 if w.sock is sock and not w.dead:
-                    try:
-                        pool.selector.register(sock, selectors.EVENT_READ, w.sock_data)
-                    except (KeyError, ValueError, OSError):
-                        pass  # the pool is closing
+                    pool.io.resume(sock, w.sock_data)
         finally:
             w.read_lock.release()
         for settled in settles:
