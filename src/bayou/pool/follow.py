@@ -16,7 +16,7 @@ readable, so the follower steps aside and the supervisor accounts for the
 death as usual. A sequential caller polls for `Pool.spin` seconds before it
 sleeps (`_spin`). Ctrl-C stops it while it sleeps and waits while it does
 bookkeeping (`interrupts`). A bug in here is handed to the supervisor as if
-its loop had raised it (`Pool._crashed`).
+its loop had raised it (`crash.fail_everything`).
 
 A persistent pool's host follows too: the session thread of the client that
 submitted the task (`persistent.session`), with that client's socket as
@@ -102,7 +102,7 @@ def _follow(pool: Pool, w: WorkerHandle, item: WorkItem, deadline, held, also: i
             pool._complete(*settled)
     except Exception as exc:
         # A bug in bayou, as if the supervisor loop had raised it: the supervisor
-        # breaks the pool and fails every unsettled future (`_crashed`).
+        # breaks the pool and fails every unsettled future (`crash`).
         pool._calls.append((functools.partial(_reraise, exc), threading.Event()))
         pool._wake()
     finally:
