@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from . import errors, submission
 from .futures import BayouFuture
 from .pool import Pool, WorkItem
-from .shm import SegmentPool
 from .worker import wire
 
 if TYPE_CHECKING:
@@ -46,28 +45,18 @@ if TYPE_CHECKING:
     from .environment import Environment
 
 
-class ActorPool(Protocol):
+class ActorPool(submission.TargetPool, Protocol):
     """What an actor needs of the pool its calls run on (a local `Pool`, or a
-    persistent pool's actor on its host)."""
+    persistent pool's actor on its host): what submitting needs, and these."""
 
     @property
-    def broken(self) -> str | None: ...
-    @property
     def broken_cause(self) -> BaseException | None: ...
-    @property
-    def segments(self) -> SegmentPool | None: ...
-    @property
-    def retries(self) -> int: ...
-    @property
-    def _shutdown(self) -> bool: ...
     @property
     def processes(self) -> dict[int, Any]: ...
     @property
     def served(self) -> int: ...
     @property
     def deaths(self) -> int: ...
-
-    def submit(self, item: WorkItem) -> None: ...
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None: ...
 
@@ -182,20 +171,19 @@ def pickle_constructor(blobs: tuple[bytes, bytes]) -> bytes:
     return pickle.dumps(blobs, 4)
 
 
-def check_env_vars(env_vars: Any) -> dict[str, str] | None:
+def check_options(cls: Any, max_restarts: Any, env_vars: Any) -> tuple[int, dict[str, str] | None]:
+    """`ex.actor`'s arguments checked before anything is pickled or started (local
+    and persistent pools alike): (max_restarts, a copy of env_vars)."""
+    check_target(cls)
+    if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
+        raise ValueError(f"max_restarts must be an int >= 0, not {max_restarts!r}")
     if env_vars is None:
-        return None
+        return max_restarts, None
     if not isinstance(env_vars, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()
     ):
         raise TypeError(f"env_vars must be a dict of str to str, not {env_vars!r}")
-    return dict(env_vars)
-
-
-def check_restarts(max_restarts: Any) -> int:
-    if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
-        raise ValueError(f"max_restarts must be an int >= 0, not {max_restarts!r}")
-    return max_restarts
+    return max_restarts, dict(env_vars)
 
 
 class Actor:

@@ -401,9 +401,7 @@ class EnvExecutor(Executor):
         `env_vars`: variables its process sees (``CUDA_VISIBLE_DEVICES``...).
         The actor's process is not one of `max_workers`; `shutdown` ends it.
         """
-        actor_module.check_target(cls)
-        max_restarts = actor_module.check_restarts(max_restarts)
-        variables = actor_module.check_env_vars(env_vars)
+        max_restarts, variables = actor_module.check_options(cls, max_restarts, env_vars)
         if self._pool._shutdown:
             raise RuntimeError("cannot create an actor after shutdown")
         if name is not None and any(a.name == name and a.alive for a in self._actors):

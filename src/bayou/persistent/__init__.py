@@ -92,9 +92,7 @@ class PersistentExecutor(EnvExecutor):
                 )
             key, label = reply_value(self._pool.request("actor_find", cls))
             return Actor(RemoteActorPool(self._pool, key), self._encoder, label, key, False)
-        actor_module.check_target(cls)
-        max_restarts = actor_module.check_restarts(max_restarts)
-        variables = actor_module.check_env_vars(env_vars)
+        max_restarts, variables = actor_module.check_options(cls, max_restarts, env_vars)
         if name is not None:
             registry.check_name(name)
         blobs, roots = actor_module.encode_constructor(
