@@ -86,24 +86,39 @@ def provision(
     offline = offline_requested(offline)
     found = store.find(env.hash)  # this store, then the shared ones ($BAYOU_STORE_PATH)
     if found is not None:
-        home, stored = found
-        home.touch(env.hash)  # a shared store is never written: no-ops there
-        home.add_name(env.hash, env.name, stored)
-        return environment_from_record(stored, env)
+        return reused(*found, env)
 
     report = progress or default_progress()
     deadline = Deadline(timeout)
     try:
-        with store.lock(env.hash, timeout=deadline.remaining()):
-            record = store.lookup(env.hash)  # built while we waited
-            if record is None:
-                record = _build(env, store, report, deadline, allow_download, offline)
+        record = built_once(
+            store,
+            env.hash,
+            deadline,
+            lambda: _build(env, store, report, deadline, allow_download, offline),
+        )
     except TimeoutError as exc:
         if isinstance(exc, ProvisionError):
             raise
         raise _timeout_error(timeout, "waiting for another process building the same env")
-    store.touch(env.hash)
-    store.add_name(env.hash, env.name, record)
+    return reused(store, record, env)
+
+
+def built_once(
+    store: Store, env_hash: str, deadline: Deadline, make: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """The env's record, made by `make` under the env's build lock unless another
+    process made it while we waited for that lock: one process builds (or unpacks)."""
+    with store.lock(env_hash, timeout=deadline.remaining()):
+        record = store.lookup(env_hash)
+        return record if record is not None else make()
+
+
+def reused(owner: Store, record: dict[str, Any], env: Env) -> Environment:
+    """A stored env handed out: its use and name noted in its store (no-ops in a
+    shared store, which is never written)."""
+    owner.touch(env.hash)
+    owner.add_name(env.hash, env.name, record)
     return environment_from_record(record, env)
 
 

@@ -48,9 +48,10 @@ from ..store import Store
 from . import (
     _timeout_error,
     _write_log,
+    built_once,
     conda_step,
-    environment_from_record,
     finished_record,
+    reused,
     tool_events,
     uv_step,
     uv_tool,
@@ -90,14 +91,15 @@ def unpack(
         if env is not None:
             found = home.find(env.hash)
             if found is not None:
-                return _found(found, env)
-            with home.lock(env.hash, timeout=deadline.remaining()):
-                record = home.lookup(env.hash)
-                if record is None:
-                    with local_copy(source, home, deadline, label) as path:
-                        manifest = read_manifest(path, label)
-                        _check(manifest, label, env)
-                        record = _install(path, manifest, env, home, label, report, deadline)
+                return reused(*found, env)
+
+            def fetch_and_install() -> dict[str, Any]:
+                with local_copy(source, home, deadline, label) as path:
+                    manifest = read_manifest(path, label)
+                    _check(manifest, label, env)
+                    return _install(path, manifest, env, home, label, report, deadline)
+
+            record = built_once(home, env.hash, deadline, fetch_and_install)
             spec = env
         else:
             with local_copy(source, home, deadline, label) as path:
@@ -105,25 +107,18 @@ def unpack(
                 spec = _check(manifest, label, None)
                 found = home.find(spec.hash)
                 if found is not None:
-                    return _found(found, spec)
-                with home.lock(spec.hash, timeout=deadline.remaining()):
-                    record = home.lookup(spec.hash)
-                    if record is None:
-                        record = _install(path, manifest, spec, home, label, report, deadline)
+                    return reused(*found, spec)
+                record = built_once(
+                    home,
+                    spec.hash,
+                    deadline,
+                    lambda: _install(path, manifest, spec, home, label, report, deadline),
+                )
     except TimeoutError as exc:
         if isinstance(exc, ProvisionError):
             raise
         raise _timeout_error(timeout, "waiting for another process installing the same env")
-    home.touch(spec.hash)
-    home.add_name(spec.hash, spec.name, record)
-    return environment_from_record(record, spec)
-
-
-def _found(found: tuple[Store, dict[str, Any]], env: Env) -> Environment:
-    owner, record = found
-    owner.touch(env.hash)
-    owner.add_name(env.hash, env.name, record)
-    return environment_from_record(record, env)
+    return reused(home, record, spec)
 
 
 def _check(manifest: dict[str, Any], label: str, expected: Env | None) -> Env:
