@@ -33,7 +33,10 @@ in this run, so the ratios compare like with like. The contenders:
 The workloads (functions in ``benchmarks/workloads.py``; 2 workers each):
 
 1. round trip: ``submit(noop).result()`` called sequentially on warm workers;
-   median and 90th percentile over all calls, in microseconds.
+   median and 90th percentile over all calls, in microseconds. The calls run in
+   blocks of 50 (40 blocks in a full run), interleaved round-robin over the
+   executors, so that the machine's drift (this VM's round trips wander by a
+   factor of 1.5 within a minute) hits every column alike.
 2. throughput: ``list(map(tiny, range(10_000)))`` with each executor's default
    arguments (ProcessPoolExecutor and loky: chunksize=1; bayou: automatic
    batching, with chunksize=1's semantics), with ``chunksize=1`` and with
@@ -111,6 +114,7 @@ class Settings:
     """How much of each workload a run does."""
 
     latency_calls: int
+    latency_blocks: int  # the round trips run in this many interleaved blocks
     latency_warmup: int
     map_tasks: int
     map_repeats: int
@@ -121,6 +125,7 @@ class Settings:
 
 FULL = Settings(
     latency_calls=2000,
+    latency_blocks=40,
     latency_warmup=200,
     map_tasks=10_000,
     map_repeats=5,
@@ -130,6 +135,7 @@ FULL = Settings(
 )
 QUICK = Settings(
     latency_calls=300,
+    latency_blocks=4,
     latency_warmup=50,
     map_tasks=10_000,
     map_repeats=1,
@@ -480,7 +486,7 @@ def measure(run: Run) -> None:
         run.guarded(c, "uss_idle", lambda c=c: worker_uss(c, "uss_idle"))
 
     say(f"round trip x{s.latency_calls}")
-    blocks = 4
+    blocks = s.latency_blocks
     for order in run.rounds("latency", blocks):
         for c in order:
             calls = max(10, int(s.latency_calls * c.scale) // blocks)

@@ -79,6 +79,21 @@ def test_prefetch_hands_over_at_most_max_workers_times_one_plus_prefetch():
     assert sum(i.future.running() for i in items) == window
 
 
+def test_a_burst_is_scheduled_once_in_order_as_the_same_calls_one_by_one():
+    one_by_one, burst = pool(max_workers=2), pool(max_workers=2)
+    ready_workers(one_by_one, 2)
+    workers = ready_workers(burst, 2)
+    singles, many = [Item() for _ in range(9)], [Item() for _ in range(9)]
+    sends = [s for item in singles for s in one_by_one.submit(item, 0.0).sends]
+    plan = burst.submit_many(many, 0.0)
+    # the idle workers get the first two, in order, from the one plan
+    assert [i for _, i in plan.sends] == many[:2]
+    assert {w for w, _ in plan.sends} == set(workers)
+    assert [i for _, i in sends] == singles[:2] and not plan.spawn
+    assert [i.future.running() for i in many] == [i.future.running() for i in singles]
+    assert list(burst.pending) == many[4:] and list(burst.ready) == many[2:4]
+
+
 def test_a_worker_that_answers_takes_the_next_task_and_the_window_moves():
     d = pool(max_workers=1)
     items = [Item() for _ in range(4)]

@@ -14,7 +14,7 @@ from multiprocessing import get_context
 
 import pytest
 
-from bayou import errors
+from bayou import batching, errors
 from bayou.executor import EnvExecutor
 from tests.executor_tasks import basic, transport
 
@@ -87,13 +87,36 @@ def test_same_outcome_as_process_pool_executor(ex):
     assert got == expected and ours.value.args == ppe_info.value.args
 
 
-def test_an_unpicklable_argument_fails_only_its_call(ex):
+@pytest.mark.parametrize("chunksize", [None, 1])
+def test_an_unpicklable_argument_fails_only_its_call(ex, chunksize):
     args = [1, 2, 3, lambda: 4, 5]  # a lambda pickles (same Python), a generator doesn't
     args[3] = (i for i in range(3))
-    results = ex.map(basic.echo, args, timeout=T)
+    results = ex.map(basic.echo, args, timeout=T, chunksize=chunksize)
     assert [next(results) for _ in range(3)] == [((1,), {}), ((2,), {}), ((3,), {})]
     with pytest.raises(errors.PicklingError, match="argument 0"):
         next(results)
+
+
+@pytest.mark.parametrize("buffersize", [None, 7, 1000])
+def test_chunksize_1_is_one_task_per_call_across_bursts(ex, buffersize):
+    # more calls than one burst of `_submit_each` (batching.EACH_BURST), each its own task
+    n = 3 * batching.EACH_BURST + 5
+    got: list = []
+    used = _tasks_used(
+        ex,
+        lambda: got.extend(
+            ex.map(basic.add, range(n), range(n), chunksize=1, buffersize=buffersize)
+        ),
+    )
+    assert got == [2 * i for i in range(n)]
+    assert used == n
+
+
+def test_chunksize_1_after_shutdown_raises_like_submit():
+    executor = EnvExecutor(1)
+    executor.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.map(basic.add, range(3), range(3), chunksize=1)
 
 
 def test_an_unpicklable_result_fails_at_its_place(ex):

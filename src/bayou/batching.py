@@ -20,7 +20,7 @@ import collections
 import itertools
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol
 
@@ -43,6 +43,8 @@ class MapExecutor(Protocol):
         self, fn: Callable, kind: int, calls: list, fn_record: tuple | None, roots: frozenset
     ) -> Future: ...
 
+    def _submit_each(self, fn: Callable, calls: list) -> Sequence[Future]: ...
+
 
 def _result_or_cancel(fut: Future, timeout: float | None = None) -> Any:
     try:
@@ -58,6 +60,7 @@ SINGLE, CHUNK, BATCH = 0, 1, 2  # what a map future's result is: a value, a list
 BATCH_SECONDS = 0.02  # measured work per automatic batch
 MAX_BATCH = 1024  # calls per automatic batch
 UNMEASURED_BATCH = 4  # calls per automatic batch until one batch has been timed
+EACH_BURST = 256  # chunksize=1 calls queued in one step (`MapExecutor._submit_each`)
 
 
 class MapFeeder:
@@ -125,6 +128,13 @@ class MapFeeder:
                 room = limit - (len(self.tasks) if fixed else self.pending_calls)
                 if room <= 0:
                     return
+            if self.chunksize == 1:  # single calls: a burst at a time (`_submit_each`)
+                calls = list(itertools.islice(self.args_iter, min(room or EACH_BURST, EACH_BURST)))
+                if not calls:
+                    self.exhausted = True
+                    return
+                self._submit_each(executor, calls)
+                continue
             size = self.chunksize if fixed else self._batch_size(room)
             calls = list(itertools.islice(self.args_iter, size))
             if not calls:
@@ -170,6 +180,16 @@ class MapFeeder:
             return
         self.tasks.append((CHUNK if kind == wire.CHUNK else BATCH, fut, n))
         self._count_when_done(fut, n)
+
+    def _submit_each(self, executor: MapExecutor, calls: list) -> None:
+        """chunksize=1: one task per call. Their durations are not recorded: only
+        automatic batching sizes by them."""
+        futures = executor._submit_each(self.fn, calls)
+        self.submitted += len(futures)
+        self.pending_calls += len(futures)
+        append = self.tasks.append
+        for fut in futures:
+            append((SINGLE, fut, 1))
 
     def _count_when_done(self, fut: Future, n: int) -> None:
         ref = weakref.ref(self)

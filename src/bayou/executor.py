@@ -276,6 +276,14 @@ class EnvExecutor(Executor):
     def _submit_item(self, make: Callable[[], WorkItem]) -> BayouFuture[Any]:
         return submission.submit(self._pool, make)
 
+    def _submit_each(
+        self, fn: Callable[..., Any], calls: list[tuple[Any, ...]]
+    ) -> list[BayouFuture[Any]]:
+        """One task per argument tuple, queued together (map with chunksize=1)."""
+        return submission.submit_each(
+            self._pool, lambda args: self._item(fn, wire.CALL, (args, {})), calls
+        )
+
     # -- the Executor interface ---------------------------------------------------------
 
     def submit(

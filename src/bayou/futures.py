@@ -44,20 +44,25 @@ class BayouFuture(Future[_T]):
     def __init__(self) -> None:
         super().__init__()
         self._progress: Progress | None = None
-        self._progress_callbacks: list[Callable[[BayouFuture[_T], Progress], object]] = []
-        self._follow: Callable[[float | None], float | None] | None = None
-        self._cancel: Callable[[float], bool] | None = None
+        # made at the first add_progress_callback: few futures have one, and every
+        # object less per task is less for the garbage collector to walk
+        self._progress_callbacks: list[Callable[[BayouFuture[_T], Progress], object]] | None = None
+        self._follow: Callable[[Any, float | None], float | None] | None = None
+        self._cancel: Callable[[Any, float], bool] | None = None
+        self._key: Any = None
         self.seconds: float | None = None  # how long the call ran in the worker
 
     def bind(
         self,
-        cancel: Callable[[float], bool],
-        follow: Callable[[float | None], float | None] | None = None,
+        key: Any,
+        cancel: Callable[[Any, float], bool],
+        follow: Callable[[Any, float | None], float | None] | None = None,
     ) -> None:
         """The pool queued the task: how to cancel it with a grace, and how the
         thread waiting in `result()` can read the worker itself (saving the
-        supervisor's hop)."""
-        self._cancel, self._follow = cancel, follow
+        supervisor's hop). Both are the pool's, shared by its futures, and get
+        `key` (the pool's handle on this task) first."""
+        self._key, self._cancel, self._follow = key, cancel, follow
 
     def record_seconds(self, seconds: float | None) -> None:
         self.seconds = seconds
@@ -67,7 +72,7 @@ class BayouFuture(Future[_T]):
         `grace` seconds); False if it had already finished."""
         if self._cancel is None:
             return self.cancel()
-        return self._cancel(grace)
+        return self._cancel(self._key, grace)
 
     @property
     def progress(self) -> Progress | None:
@@ -75,25 +80,27 @@ class BayouFuture(Future[_T]):
 
     def result(self, timeout: float | None = None) -> _T:
         if self._state == futures_base.RUNNING and self._follow is not None:
-            timeout = self._follow(timeout)
+            timeout = self._follow(self._key, timeout)
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if self._state == futures_base.RUNNING and self._follow is not None:
-            timeout = self._follow(timeout)
+            timeout = self._follow(self._key, timeout)
         return super().exception(timeout)
 
     def add_progress_callback(self, fn: Callable[[BayouFuture[_T], Progress], object]) -> None:
         """Call `fn(future, progress)` on each update: from bayou's supervisor thread,
         or from the thread waiting in `result()`, which reads its worker itself."""
         with self._condition:
+            if self._progress_callbacks is None:
+                self._progress_callbacks = []
             self._progress_callbacks.append(fn)
 
     def _set_progress(self, done: float, total: float | None, message: str | None) -> None:
         progress = Progress(done, total, message)
         with self._condition:
             self._progress = progress
-            callbacks = list(self._progress_callbacks)
+            callbacks = list(self._progress_callbacks or ())
         for fn in callbacks:
             try:
                 fn(self, progress)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import operator
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from . import boundary, errors, protocol
@@ -55,6 +55,8 @@ class ExecutorPool(TargetPool, Protocol):
     def thread(self) -> threading.Thread | None: ...
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None: ...
+
+    def submit_many(self, items: Sequence[WorkItem]) -> None: ...
 
 
 def label(fn: Any) -> str:
@@ -102,7 +104,7 @@ def encode_item(
         call_kind=call_kind,
         fn_record=fn_record,
         args_blob=args_blob,
-        roots=roots | arg_roots,
+        roots=roots | arg_roots if arg_roots else roots,
         label=label(fn),
         call=(call_kind, payload),
         oob=protocol.stage_buffers(buffers, pool.segments, private=pool.retries > 0)
@@ -163,3 +165,33 @@ def submit(pool: TargetPool, make: Callable[[], WorkItem]) -> BayouFuture[Any]:
     pool.submit(item)
     future: BayouFuture[Any] = item.future
     return future
+
+
+def submit_each(
+    pool: ExecutorPool, make: Callable[[Any], WorkItem], payloads: Iterable[Any]
+) -> list[BayouFuture[Any]]:
+    """`submit` for many calls at once, one task each (`map(chunksize=1)`): the
+    pool queues them in one step, so a burst of tiny tasks is not paid for
+    call by call. Each call keeps `submit`'s outcome: one that cannot be
+    pickled fails its own future; a `CrossVersionError` raises once the calls
+    before it are queued."""
+    pool_module.lifetime.check_accepting(pool.broken, pool._shutdown)
+    futures: list[BayouFuture[Any]] = []
+    items: list[WorkItem] = []
+    try:
+        for payload in payloads:
+            try:
+                item = make(payload)
+            except errors.CrossVersionError:
+                raise
+            except errors.PicklingError as exc:
+                fut: BayouFuture[Any] = BayouFuture()
+                fut.set_exception(exc)
+                futures.append(fut)
+                continue
+            items.append(item)
+            futures.append(item.future)
+    finally:
+        if items:
+            pool.submit_many(items)
+    return futures

@@ -41,7 +41,7 @@ import select
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +86,10 @@ class RemotePool:
         self._request_ids = itertools.count(1)
         self._window = self.max_workers * (1 + PREFETCH)  # as `dispatch`: handed over
         self._ref = weakref.ref(self)  # what our futures' hooks hold
+        self._hooks = (  # `BayouFuture.bind`'s, shared by our futures (keyed by task id)
+            functools.partial(_cancel_by_ref, self._ref),
+            functools.partial(_follow_by_ref, self._ref),
+        )
         # Whoever reads the connection holds `_read_lock`; `_poller` (used under it)
         # says whether a message is waiting. The reader thread sleeps in `_epoll`,
         # which a follower tells to stop watching the socket while it reads.
@@ -103,6 +107,10 @@ class RemotePool:
 
     # -- called from user threads -------------------------------------------------------
 
+    def submit_many(self, items: Sequence[WorkItem]) -> None:
+        for item in items:
+            self.submit(item)
+
     def submit(self, item: WorkItem, actor: str | None = None) -> None:
         """Relay `item` to the host's pool, or to its actor `actor` (`remote_actor`)."""
         with self._lock:
@@ -115,10 +123,7 @@ class RemotePool:
             started = len(self._items) <= self._window
         fut = item.future
         ref = self._ref
-        fut.bind(
-            cancel=functools.partial(_cancel_by_ref, ref, task_id),
-            follow=functools.partial(_follow_by_ref, ref, task_id),
-        )
+        fut.bind(task_id, *self._hooks)
         if started:
             fut.set_running_or_notify_cancel()  # nobody else has it yet: PENDING
         else:  # Future.cancel() may end it here: the host must drop it then

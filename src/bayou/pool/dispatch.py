@@ -55,7 +55,7 @@ from __future__ import annotations
 import collections
 import enum
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -179,7 +179,10 @@ class Dispatch(Generic[W]):
     # -- events ----------------------------------------------------------------
 
     def submit(self, item: Any, now: float) -> Plan[W]:
-        self.pending.append(item)
+        return self.submit_many((item,), now)
+
+    def submit_many(self, items: Iterable[Any], now: float) -> Plan[W]:
+        self.pending.extend(items)
         return self._plan(now)
 
     def spawned(self, w: W) -> None:
@@ -403,8 +406,12 @@ class Dispatch(Generic[W]):
 
     def _fill_ready(self) -> None:
         """Hand queued tasks over (their futures turn RUNNING) while the window has room."""
+        if not self.pending:
+            return
         room = self.limits.max_workers * (1 + PREFETCH) - len(self.ready)
-        room -= sum(1 for w in self.workers if w.item is not None)
+        for w in self.workers:
+            if w.item is not None:
+                room -= 1
         while room > 0 and self.pending:
             item = self.pending.popleft()
             if not item.started:
@@ -441,14 +448,20 @@ class Dispatch(Generic[W]):
     def _spawn_needed(self) -> bool:
         if self.broken is not None:
             return False
-        live = [w for w in self.workers if w.phase is not Phase.RETIRING and not w.exiting]
-        if len(live) < self.limits.min_workers and not self.shutdown_requested:
+        live = starting = 0  # counted in one loop: this runs at every submit and result
+        for w in self.workers:
+            phase = w.phase
+            if phase is Phase.STARTING:
+                starting += 1
+                live += 1
+            elif phase is Phase.IDLE or phase is Phase.BUSY:
+                live += 1
+        if live < self.limits.min_workers and not self.shutdown_requested:
             return True
         queued = len(self.ready) + len(self.pending)
         if not queued:
             return False
-        starting = sum(1 for w in live if w.phase is Phase.STARTING)
-        return len(live) < self.limits.max_workers and queued > starting + len(self.idle)
+        return live < self.limits.max_workers and queued > starting + len(self.idle)
 
 
 def _hung(silent: float, timeout: float) -> Reason:

@@ -59,6 +59,16 @@ def check_accepting(broken: str | None, shutdown: bool) -> None:
         raise RuntimeError("cannot schedule new futures after shutdown")
 
 
+def check_owner(owner_pid: int) -> None:
+    """A pool made in process `owner_pid` takes work only there, not in a forked child."""
+    if pid != owner_pid:
+        raise RuntimeError(
+            f"this executor was created in process {owner_pid}, and process "
+            f"{os.getpid()} is a fork of it: its workers and supervisor thread belong to "
+            "that process. Create an EnvExecutor in the child instead."
+        )
+
+
 def _python_exit() -> None:
     global _exiting
     _exiting = True

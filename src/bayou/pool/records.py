@@ -6,6 +6,7 @@ that go with it), and the two timing settings both ends of a worker share.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import subprocess
 import threading
@@ -141,6 +142,17 @@ class WorkerHandle(Worker):
     def describe(self) -> str:
         who = self.title or f"worker {self.slot}"
         return f"{who} (pid {self.pid}, env {self.env_hash}, Python {self.version})"
+
+    def send_task(self, item: WorkItem) -> None:
+        parts, fds = item.payload()
+        if item.oob is not None:
+            item.oob.sent()
+        # A failed send means the worker is already dead (killed after it went
+        # idle, before the supervisor saw it go): the task never reached it, so
+        # `workers.on_exit` re-queues it without counting an attempt.
+        item.undelivered = not self.send(wire.TASK_FDS if fds else wire.TASK, parts, fds)
+        if item.stop_requested or item.cancel_requested:
+            self.send(wire.CANCEL, pickle.dumps(item.task_id, 4))
 
     def send(self, kind: int, payload: bytes | list = b"", fds: Sequence[int] = ()) -> bool:
         with self.send_lock:

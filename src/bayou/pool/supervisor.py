@@ -65,7 +65,7 @@ import selectors
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -157,6 +157,13 @@ class Pool:
         self._lock = threading.Lock()
         self._futures: weakref.WeakSet = weakref.WeakSet()  # for a supervisor crash
         self._task_ids = itertools.count(1)
+        # what every future of this pool holds of it: `cancel` and `follow` through
+        # a weak reference, given the future's own weak reference to its item
+        pool_ref = weakref.ref(self)
+        self._hooks = (
+            functools.partial(_cancel_by_ref, pool_ref),
+            functools.partial(follow.by_ref, pool_ref),
+        )
         self._worker_ids = itertools.count(1)
         self._calls: collections.deque = collections.deque()
         self._following = 0  # threads in `follow`
@@ -225,27 +232,25 @@ class Pool:
     # -- called from user threads ---------------------------------------------
 
     def submit(self, item: WorkItem) -> None:
-        if lifetime.pid != self._pid:
-            raise RuntimeError(
-                f"this executor was created in process {self._pid}, and process "
-                f"{os.getpid()} is a fork of it: its workers and supervisor thread belong to "
-                "that process. Create an EnvExecutor in the child instead."
-            )
+        self.submit_many((item,))
+
+    def submit_many(self, items: Sequence[WorkItem]) -> None:
+        """Queue `items` in order under one lock, one check and one scheduling step:
+        a burst of single calls (`map(chunksize=1)`) pays them once, not per call."""
+        lifetime.check_owner(self._pid)
         # before starting the supervisor (no thread can start at interpreter exit)
         lifetime.check_accepting(self.dispatch.broken, self.dispatch.shutdown_requested)
         self._ensure_started()
         with self._lock:
             lifetime.check_accepting(self.dispatch.broken, self.dispatch.shutdown_requested)
-            item.task_id = next(self._task_ids)
             # weak references: the future must not keep its item (and the pool's
             # records) alive in a cycle once the task is settled
-            pool_ref, item_ref = weakref.ref(self), weakref.ref(item)
-            item.future.bind(
-                cancel=functools.partial(_cancel_by_ref, pool_ref, item_ref),
-                follow=functools.partial(follow.by_ref, pool_ref, item_ref),
-            )
-            self._futures.add(item.future)
-            plan = self.dispatch.submit(item, time.monotonic())
+            task_ids, futures, hooks = self._task_ids, self._futures, self._hooks
+            for item in items:
+                item.task_id = next(task_ids)
+                item.future.bind(weakref.ref(item), *hooks)
+                futures.add(item.future)
+            plan = self.dispatch.submit_many(items, time.monotonic())
         self._send_tasks(plan.sends)
         if plan.spawn:
             self._in_supervisor(lambda: workers.spawn_as_needed(self))
@@ -347,15 +352,7 @@ class Pool:
 
     def _send_tasks(self, assignments: list[tuple[WorkerHandle, WorkItem]]) -> None:
         for w, item in assignments:
-            parts, fds = item.payload()
-            if item.oob is not None:
-                item.oob.sent()
-            # A failed send means the worker is already dead (killed after it
-            # went idle, before we saw it go): the task never reached it, so
-            # `workers.on_exit` re-queues it without counting an attempt.
-            item.undelivered = not w.send(wire.TASK_FDS if fds else wire.TASK, parts, fds)
-            if item.stop_requested or item.cancel_requested:
-                w.send(wire.CANCEL, pickle.dumps(item.task_id, 4))
+            w.send_task(item)
 
     # -- the supervisor thread -------------------------------------------------
 

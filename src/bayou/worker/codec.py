@@ -77,7 +77,8 @@ def loads(data, start=0, end=None, buffers=None):
     return _Unpickler(io.BytesIO(view), buffers=buffers).load()
 
 
-_PLAIN_ATOMS = (type(None), bool, int, float, str)
+_PLAIN_ATOMS = frozenset((type(None), bool, int, float, str))
+_PLAIN_CONTAINERS = frozenset((tuple, list, dict))
 
 
 def is_plain(obj, depth=2) -> bool:
@@ -87,11 +88,18 @@ def is_plain(obj, depth=2) -> bool:
     t = type(obj)
     if t in _PLAIN_ATOMS:
         return True
-    if depth and (t is tuple or t is list) and len(obj) <= 8:
-        return all(is_plain(x, depth - 1) for x in obj)
-    if depth and t is dict and len(obj) <= 8:
-        return all(type(k) is str and is_plain(v, depth - 1) for k, v in obj.items())
-    return False
+    if t not in _PLAIN_CONTAINERS or not depth or len(obj) > 8:
+        return False
+    # plain loops: a generator per level under all() cost more than the pickling saved
+    if t is dict:
+        for k, v in obj.items():
+            if type(k) is not str or not (type(v) in _PLAIN_ATOMS or is_plain(v, depth - 1)):
+                return False
+        return True
+    for x in obj:  # noqa: SIM110 (a generator under all() is what this avoids)
+        if not (type(x) in _PLAIN_ATOMS or is_plain(x, depth - 1)):
+            return False
+    return True
 
 
 def dumps(obj, buffers=None) -> bytes:
