@@ -40,7 +40,9 @@ The workloads (functions in ``benchmarks/workloads.py``; 2 workers each):
 2. throughput: ``list(map(tiny, range(10_000)))`` with each executor's default
    arguments (ProcessPoolExecutor and loky: chunksize=1; bayou: automatic
    batching, with chunksize=1's semantics), with ``chunksize=1`` and with
-   ``chunksize=100``; tasks per second, median over repeats.
+   ``chunksize=100``; tasks per second, median over 9 interleaved repeats in a
+   full run (one map's rate on this VM moves by up to 1.7x from one second to
+   the next, for every executor alike).
 3. numpy transfer: ``submit(identity, arr).result()`` for a 1 MB and a 100 MB
    float64 array of random bytes (both directions); seconds, median over
    repeats, after one untimed call per size (first-touch heap growth in the
@@ -128,7 +130,7 @@ FULL = Settings(
     latency_blocks=40,
     latency_warmup=200,
     map_tasks=10_000,
-    map_repeats=5,
+    map_repeats=9,
     small_array_repeats=30,
     big_array_repeats=5,
     cold_repeats=7,
