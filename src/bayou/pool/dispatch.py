@@ -66,6 +66,7 @@ SHUTDOWN_GRACE = 1.0  # s a handed-over task may take to stop after shutdown(can
 MEMORY_CHECK_INTERVAL = 0.1  # s between RSS checks of a busy worker
 RETIRE_TIMEOUT = 10.0  # s a retired worker has to leave before it is killed
 MAX_SELECT = 0.5  # s the supervisor sleeps at most
+TIMER_SLACK = 0.001  # s a deadline may pass unnoticed (a busy supervisor's checks)
 MAX_START_FAILURES = 3  # consecutive workers that exit or crash before READY: broken env
 MAX_START_KILLS = 12  # consecutive workers killed before READY by a signal from outside
 OUTSIDE_KILLS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})

@@ -76,7 +76,7 @@ from ..futures import end_cancelled, fail
 from ..worker import deploy, wire
 from . import crash, follow, frames, lifetime, outcome, process, welcome, workers
 from .connection import Handshakes
-from .dispatch import QUIET, Dispatch, Limits
+from .dispatch import QUIET, TIMER_SLACK, Dispatch, Limits
 from .loop_io import LoopIO
 from .output import MODES as OUTPUT_MODES
 from .output import LogDir
@@ -167,6 +167,7 @@ class Pool:
         self._worker_ids = itertools.count(1)
         self._calls: collections.deque = collections.deque()
         self._following = 0  # threads in `follow`
+        self._timers_due = 0.0  # when `_check_timers` next looks
         self.thread: threading.Thread | None = None
         self._io: LoopIO | None = None  # listener, selector, wakeup pipe: made at start
         self._command: list[str] = []
@@ -428,6 +429,10 @@ class Pool:
 
     def _check_timers(self) -> float:
         """Enforce every deadline (`dispatch.timers`); how long the selector may sleep."""
+        now = time.monotonic()
+        if now < self._timers_due:  # a busy loop looks at most every TIMER_SLACK seconds
+            return self._timers_due - now
+        self._timers_due = now + TIMER_SLACK
         if self.segments is not None:
             self.segments.trim()
         self.handshakes.expire(time.monotonic())
