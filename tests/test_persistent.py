@@ -215,6 +215,35 @@ def test_relay_keeps_the_executor_semantics(pools, tmp_path):
         assert ex.submit(basic.add, 1, 1).result(T) == 2
 
 
+def test_map_chunksize_1_relays_its_calls_in_bursts(pools):
+    """map(chunksize=1) sends its calls to the host 256 to a message (`submit_many`);
+    each is still one task with its own outcome."""
+    from bayou import batching
+    from tests.executor_tasks import basic, transport
+
+    n = 2 * batching.EACH_BURST + 9
+    with bayou.EnvExecutor(2, persistent=True, name="bursts") as ex:
+        served = ex._pool.info()["tasks_served"]
+        assert list(ex.map(basic.add, range(n), range(n), chunksize=1, timeout=T)) == [
+            2 * i for i in range(n)
+        ]
+        assert ex._pool.info()["tasks_served"] - served == n  # one task per call
+        # the first exception comes after the results before it, as in a local pool
+        got = []
+        with pytest.raises(KeyError):
+            for value in ex.map(transport.maybe_fail, range(n), chunksize=1, timeout=T):
+                got.append(value)
+        assert got == [2 * x for x in range(57)]
+        # an argument that cannot be pickled fails its own call, in the caller
+        args: list = list(range(n))
+        args[300] = threading.Lock()
+        results = ex.map(basic.echo, args, chunksize=1, timeout=T)
+        assert [next(results) for _ in range(300)] == [((i,), {}) for i in range(300)]
+        with pytest.raises(bayou.PicklingError, match="argument 0"):
+            next(results)
+        assert ex.submit(basic.add, 1, 1).result(T) == 2
+
+
 def _progress_then_wait():
     import bayou as in_worker
 

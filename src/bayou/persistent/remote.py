@@ -108,29 +108,49 @@ class RemotePool:
     # -- called from user threads -------------------------------------------------------
 
     def submit_many(self, items: Sequence[WorkItem]) -> None:
-        for item in items:
-            self.submit(item)
+        """Relay `items` in one message (`map(chunksize=1)`'s bursts)."""
+        if len(items) == 1:
+            self.submit(items[0])
+            return
+        with self._lock:
+            lifetime.check_accepting(self.broken, self._shutdown)
+            registered = [self._register(item) for item in items]
+        tasks = [
+            self._task(item, started) for item, started in zip(items, registered, strict=True)
+        ]
+        if not self._send(("submit_many", tasks)):
+            self._break(f"lost the connection to the persistent pool {self.name!r}")
 
     def submit(self, item: WorkItem, actor: str | None = None) -> None:
         """Relay `item` to the host's pool, or to its actor `actor` (`remote_actor`)."""
         with self._lock:
             lifetime.check_accepting(self.broken, self._shutdown)
-            task_id = item.task_id = next(self._ids)
-            self._items[task_id] = item
-            # Handed over at once, as a local pool's prefetch window: RUNNING (beyond
-            # Future.cancel(); bayou.cancel still stops it), so that result() follows
-            # the connection. Beyond the window, the host's "running" says when.
-            started = len(self._items) <= self._window
-        fut = item.future
-        ref = self._ref
+            started = self._register(item)
+        task = self._task(item, started)
+        message = ("submit", *task) if actor is None else ("actor_submit", actor, *task)
+        if not self._send(message):
+            self._break(f"lost the connection to the persistent pool {self.name!r}")
+
+    def _register(self, item: WorkItem) -> bool:
+        """Give `item` its task id (under the lock); whether it is handed over at once:
+        as in a local pool's prefetch window, it is RUNNING (beyond Future.cancel();
+        bayou.cancel still stops it), so that result() follows the connection. Beyond
+        the window, the host's "running" says when."""
+        task_id = item.task_id = next(self._ids)
+        self._items[task_id] = item
+        return len(self._items) <= self._window
+
+    def _task(self, item: WorkItem, started: bool) -> tuple:
+        """`item`'s future bound to us, and what the host needs of it (its call is
+        dropped here: the future may live long)."""
+        fut, task_id = item.future, item.task_id
         fut.bind(task_id, *self._hooks)
         if started:
             fut.set_running_or_notify_cancel()  # nobody else has it yet: PENDING
         else:  # Future.cancel() may end it here: the host must drop it then
-            fut.add_done_callback(functools.partial(_local_done, ref, task_id))
+            fut.add_done_callback(functools.partial(_local_done, self._ref, task_id))
         oob = getattr(item, "oob", None)  # big argument buffers, inline (segments is None)
-        message: tuple = (
-            "submit",
+        task = (
             task_id,
             item.call_kind,
             item.fn_record,
@@ -140,11 +160,8 @@ class RemotePool:
             None if oob is None else list(oob.inline),
             started,
         )
-        if actor is not None:
-            message = ("actor_submit", actor, *message[1:])
         item.release()
-        if not self._send(message):
-            self._break(f"lost the connection to the persistent pool {self.name!r}")
+        return task
 
     def cancel(self, task_id: int, grace: float) -> bool:
         """`bayou.cancel` on one of our futures."""

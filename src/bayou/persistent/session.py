@@ -255,40 +255,64 @@ class Session:
 
     def _on_submit(self, message: tuple, pool: Pool | None = None) -> bool:
         """A task for the host's pool, or (`pool`) for one of its actors."""
-        _, task_id, call_kind, fn_record, args_blob, roots, label, buffers, started = message
-        fut = RelayFuture(self, task_id, started)
         pool = pool or self.host.pool
         assert pool is not None  # clients attach once the pool started
-        item = WorkItem(
-            future=fut,
-            call_kind=call_kind,
-            fn_record=fn_record,
-            args_blob=args_blob,
-            roots=frozenset(roots),
-            label=label,
-        )
-        with self.lock:
-            self.items[task_id] = item
-        self._held = []
-        try:
-            if buffers:  # the client's big argument buffers (bytes): into our shared memory
-                views = [memoryview(b) for b in buffers]
-                item.oob = protocol.stage_buffers(views, pool.segments, private=pool.retries > 0)
-            pool.submit(item)
-        except BaseException as exc:
-            self._failed_submit(item, exc, pool if pool is not self.host.pool else None)
-        finally:
-            held, self._held = self._held, None
-            for running in held:
-                self.notify(running)
-        # after the TASK went out (a future already done gets it called at once)
-        fut.add_done_callback(self._done)  # type: ignore[arg-type]  # called with `fut` itself
-        if item.worker is not None and not fut.done():
+        (item,) = self._submit(pool, [message[1:]])
+        if item.worker is not None and not item.future.done():
             # Read its worker here: the answer goes back from this thread. A message
             # from the client ends the wait; the supervisor reads the worker then.
             assert self.link is not None  # it sent us this
             follow.follow(pool, item, None, also=self.link.fileno())
         return True
+
+    def _on_submit_many(self, message: tuple) -> bool:
+        """Tasks sent together (`map(chunksize=1)`): queued in one step, none followed
+        (the supervisor reads their answers, the writer thread sends them)."""
+        assert self.host.pool is not None  # clients attach once the pool started
+        self._submit(self.host.pool, message[1])
+        return True
+
+    def _submit(self, pool: Pool, tasks: list[tuple]) -> list[WorkItem]:
+        """Queue the client's `tasks` (the fields of "submit" messages) in `pool`."""
+        items, queued = [], []
+        for task in tasks:
+            task_id, call_kind, fn_record, args_blob, roots, label, buffers, started = task
+            item = WorkItem(
+                future=RelayFuture(self, task_id, started),
+                call_kind=call_kind,
+                fn_record=fn_record,
+                args_blob=args_blob,
+                roots=frozenset(roots),
+                label=label,
+            )
+            with self.lock:
+                self.items[task_id] = item
+            items.append(item)
+            try:
+                if buffers:  # the client's big argument buffers (bytes): into shared memory
+                    views = [memoryview(b) for b in buffers]
+                    item.oob = protocol.stage_buffers(
+                        views, pool.segments, private=pool.retries > 0
+                    )
+            except BaseException as exc:
+                self._failed_submit(item, exc)
+                continue
+            queued.append(item)
+        self._held = []
+        try:
+            if queued:
+                pool.submit_many(queued)
+        except BaseException as exc:
+            for item in queued:
+                self._failed_submit(item, exc, pool if pool is not self.host.pool else None)
+        finally:
+            held, self._held = self._held, None
+            for running in held:
+                self.notify(running)
+        for item in items:
+            # after the TASK went out (a future already done gets it called at once)
+            item.future.add_done_callback(self._done)
+        return items
 
     def _failed_submit(
         self, item: WorkItem, exc: BaseException, actor: Pool | None = None
@@ -398,6 +422,7 @@ class Session:
 
 HANDLERS: dict[str, Callable[[Session, tuple], bool]] = {
     "submit": Session._on_submit,
+    "submit_many": Session._on_submit_many,
     "cancel": Session._on_cancel,
     "info": Session._on_info,
     "detach": Session._on_detach,
