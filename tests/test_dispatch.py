@@ -141,6 +141,21 @@ def test_tasks_coming_back_to_back_ask_the_worker_to_poll():
     assert not late.spin_after
 
 
+def test_workers_do_not_poll_while_tasks_wait_in_the_queue():
+    d = pool(max_workers=1, spin=100e-6)
+    (w,) = ready_workers(d, 1)
+    window = 1 + dispatch.PREFETCH
+    items = [Item() for _ in range(window + 2)]
+    d.submit_many(items, 0.0)
+    now = 0.0
+    for item in items[1:]:  # each next one is handed over right after a result
+        now += 10e-6
+        d.result(w, now, over_memory=False)
+        # more work queued beyond the window: a map's; polling would only take CPU
+        assert item.spin_after is (not d.pending)
+    assert items[-1].spin_after and not items[1].spin_after
+
+
 # -- retiring -----------------------------------------------------------------------------
 
 

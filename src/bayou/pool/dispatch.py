@@ -438,8 +438,12 @@ class Dispatch(Generic[W]):
             # Tasks come back to back (this one within `spin` of the worker's last
             # result): the next one will likely come as quickly, so the worker should
             # poll for it rather than sleep. The caller judges this, not the worker:
-            # the worker would see its own wake-up latency in the gap.
-            item.spin_after = now - w.last_result_at < self.limits.spin
+            # the worker would see its own wake-up latency in the gap. Not while more
+            # tasks wait in the queue (a map's): each worker's next one is sent when
+            # its result is read, and workers polling meanwhile take the CPU the
+            # caller needs for that (2 cores, map(chunksize=1): 13.8k tasks/s with
+            # polling, 20.7k without; PPE 15.8k).
+            item.spin_after = not self.pending and now - w.last_result_at < self.limits.spin
             item.worker = w
             out.append((w, item))
         if out:
