@@ -153,6 +153,14 @@ NUMPY1_PYTHON, NUMPY1 = "3.9", "1.23.5"  # bayou-np1: another Python, numpy 1.x
 PAIRS = [("bayou-np1", "bayou-env")]
 # bayou-np1's 100 MB round trip: at most this much of bayou-env's, and of PPE's.
 NUMPY1_GOALS = {"bayou-env": 1.2, "PPE": 0.1}
+# The pool core's goals, as cost ratios against PPE: (contender, metric, at most, what).
+# A throughput goal of "at least 1.2x PPE's tasks/s" is a cost ratio of at most 1/1.2.
+CORE_GOALS = [
+    ("bayou", "latency_median", 0.6, "no-op round trip"),
+    ("bayou-persistent", "latency_median", 0.6, "persistent round trip"),
+    ("bayou", "map_chunk1", 1 / 1.2, "map chunksize=1 (>= 1.2x PPE's tasks/s)"),
+    ("bayou", "array_100mb", 0.1, "numpy 100 MB identity"),
+]
 
 
 @dataclass(frozen=True)
@@ -612,6 +620,39 @@ def numpy1_verdict(run: Run) -> str | None:
     )
 
 
+def core_goals(run: Run) -> list[dict[str, Any]]:
+    """Each of CORE_GOALS with this run's cost ratio and whether it is met."""
+    by_name = {c.name: c for c in run.contenders}
+    metrics = {m.key: m for m in METRICS}
+    base = by_name.get("PPE")
+    out = []
+    for name, key, goal, what in CORE_GOALS:
+        c = by_name.get(name)
+        ratio = None
+        if c is not None and base is not None:
+            ratio = cost_ratio(metrics[key], c.results.get(key), base.results.get(key))
+        out.append(
+            {
+                "goal": what,
+                "contender": name,
+                "metric": key,
+                "max_cost_ratio": goal,
+                "cost_ratio": ratio,
+                "met": ratio is not None and ratio <= goal,
+            }
+        )
+    return out
+
+
+def core_verdict(run: Run) -> str:
+    lines = ["pool core goals (cost ratio vs PPE):"]
+    for g in core_goals(run):
+        ratio = "not measured" if g["cost_ratio"] is None else f"{g['cost_ratio']:.2f}"
+        verdict = "met" if g["met"] else "MISSED"
+        lines.append(f"  {g['goal']}: {ratio} (goal <= {g['max_cost_ratio']:.2f}): {verdict}")
+    return "\n".join(lines)
+
+
 def report(run: Run, info: dict[str, Any], runtime: float, quick: bool) -> dict[str, Any]:
     by_name = {c.name: c for c in run.contenders}
     metrics = {}
@@ -653,6 +694,7 @@ def report(run: Run, info: dict[str, Any], runtime: float, quick: bool) -> dict[
             c.name: {k: v for k, v in c.samples.items() if k != "latency"} for c in run.contenders
         },
         "numpy1_goals": {"metric": "array_100mb", "max_cost_ratio": NUMPY1_GOALS},
+        "core_goals": core_goals(run),
         "notes": run.notes,
     }
 
@@ -693,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     verdict = numpy1_verdict(run)
     if verdict is not None:
         print(verdict)
+    print(core_verdict(run))
     for note in run.notes:
         print(f"note: {note}")
     print(f"\nruntime {runtime:.1f} s")

@@ -36,6 +36,9 @@ def test_benchmark_script_runs_quick(script, marker, store_root):
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert marker in out.stdout
+    if script == "compare.py":  # every goal of the pool core has its figure
+        goals = out.stdout.split("pool core goals", 1)[1]
+        assert len(re.findall(rf": {NUMBER} \(goal <= {NUMBER}\): (met|MISSED)", goals)) == 4
 
 
 ACTOR_ROWS = ["bayou actor call", "bayou task round trip", "PPE round trip"]
