@@ -244,6 +244,40 @@ def test_map_chunksize_1_relays_its_calls_in_bursts(pools):
         assert ex.submit(basic.add, 1, 1).result(T) == 2
 
 
+def test_worker_env_of_a_persistent_pool_may_be_a_closure(pools):
+    """worker_env is called in the caller for each slot (`client.SlotTable`): a
+    closure works, and the host runs no user code."""
+    from tests.executor_tasks import basic
+
+    prefix = "slot-"
+    with bayou.EnvExecutor(
+        2,
+        persistent=True,
+        name="slots",
+        worker_env=lambda slot: {"BAYOU_TEST_SLOT": prefix + str(slot)},
+    ) as ex:
+        seen: dict = {}
+        deadline = time.monotonic() + T
+        while len(seen) < 2 and time.monotonic() < deadline:
+            futs = [ex.submit(basic.pid_and_env, "BAYOU_TEST_SLOT", 0.05) for _ in range(4)]
+            seen.update({slot: pid for pid, slot in (f.result(T) for f in futs)})
+        assert set(seen) == {"slot-0", "slot-1"}
+
+
+def test_a_failing_worker_env_stops_a_persistent_pool_from_starting_naming_the_slot(pools):
+    def bad(slot):
+        if slot == 1:
+            raise KeyError("no GPU for slot 1")
+        return {"N": "0"}
+
+    # the host starts its workers before it says ready: the constructor raises
+    with pytest.raises(BrokenProcessPool) as info:
+        bayou.EnvExecutor(2, persistent=True, name="badslot", worker_env=bad)
+    assert "did not start: BrokenProcessPool: worker_env(1) failed: KeyError" in str(info.value)
+    assert "no GPU for slot 1" in str(info.value)
+    assert not registry.entries(pools)  # nothing left running
+
+
 def _progress_then_wait():
     import bayou as in_worker
 

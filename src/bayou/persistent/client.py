@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import connection
 from pathlib import Path
@@ -129,11 +130,45 @@ def start(
         return connect(name, store)
 
 
+class SlotTable:
+    """A persistent pool's `worker_env`: what the caller's `worker_env(slot)` gave for
+    each slot, called in the caller when the host starts. So a lambda or a closure
+    works, and the host runs no user code. A slot whose call failed raises that
+    error in the host, which breaks the pool naming the slot, as a local pool does."""
+
+    def __init__(self, worker_env: Callable[[int], dict[str, str]], slots: int) -> None:
+        self.table: dict[int, Any] = {}
+        for slot in range(slots):
+            try:
+                self.table[slot] = worker_env(slot)
+                pickle.dumps(self.table[slot], 5)
+            except Exception as exc:
+                self.table[slot] = _portable_error(exc)
+
+    def __call__(self, slot: int) -> Any:
+        env = self.table[slot]
+        if isinstance(env, BaseException):
+            raise env
+        return env
+
+
+def _portable_error(exc: Exception) -> Exception:
+    try:
+        return pickle.loads(pickle.dumps(exc, 5))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
 def _spawn_host(
     name: str, environment: Environment, options: dict, debug: bool, store: Store
 ) -> None:
     log_dir = logs.pool_log_dir(name, store)
     cwd = os.getcwd()
+    if options.get("worker_env") is not None:
+        options = {
+            **options,
+            "worker_env": SlotTable(options["worker_env"], options["max_workers"]),
+        }
     config = {
         "name": name,
         "store_root": str(store.root),
