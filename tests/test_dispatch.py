@@ -378,6 +378,20 @@ def test_cancel_without_grace_kills_at_the_next_look():
     assert d.timers(1.0, no_memory, nothing_waiting)[0] == [(w, dispatch.QUIET)]
 
 
+def test_a_worker_being_killed_gets_no_next_task_even_if_its_answer_comes_first():
+    d = pool(max_workers=1)
+    cancelled, following = Item(), Item()
+    d.submit_many([cancelled, following], 0.0)
+    (w,) = ready_workers(d, 1)
+    d.cancel(cancelled, 1.0, grace=0)
+    ((killed, _),) = d.timers(1.0, no_memory, nothing_waiting)[0]
+    killed.kill_reason = dispatch.QUIET  # the supervisor sends SIGKILL ...
+    # ... but the task had answered just before: the worker must not take the next one
+    retire, plan = d.result(w, 1.001, over_memory=False)
+    assert retire and plan.sends == [] and w.phase is Phase.RETIRING
+    assert following.worker is None and following in d.ready
+
+
 def test_cancel_of_a_finished_task_is_too_late():
     d = pool(max_workers=1)
     item = Item()

@@ -205,7 +205,12 @@ class Dispatch(Generic[W]):
         self.served += 1
         w.last_result_at = now
         limit = self.limits.max_tasks_per_child
-        retire = w.exiting or (limit is not None and w.tasks_done >= limit) or over_memory
+        # A worker being killed (a cancel's grace ran out as its answer came) gets
+        # no next task: the task would die with it.
+        killed = w.kill_reason is not None
+        retire = (
+            w.exiting or killed or (limit is not None and w.tasks_done >= limit) or over_memory
+        )
         if retire:
             self.retire(w, now)
         else:
