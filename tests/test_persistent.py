@@ -244,6 +244,37 @@ def test_map_chunksize_1_relays_its_calls_in_bursts(pools):
         assert ex.submit(basic.add, 1, 1).result(T) == 2
 
 
+def _worker_pids(ex) -> set:
+    from tests.executor_tasks import basic
+
+    seen: set = set()
+    deadline = time.monotonic() + T
+    while len(seen) < 2 and time.monotonic() < deadline:
+        futs = [ex.submit(basic.pid_and_env, "HOME", 0.05) for _ in range(4)]
+        seen |= {f.result(T)[0] for f in futs}
+    return seen
+
+
+def test_cancelling_a_task_whose_running_message_is_on_the_way_kills_no_worker(pools):
+    """A future PENDING here may already run at the host (its "running" not read
+    yet, as when map's iterator cancels the rest on `break`): the host gives it a
+    grace instead of killing its worker (`remote._local_done`)."""
+    from tests.executor_tasks import basic
+
+    with bayou.EnvExecutor(2, persistent=True, name="lag") as ex:
+        before = _worker_pids(ex)
+        futs = [ex.submit(basic.sleep_then, 0.5, i) for i in range(6)]
+        assert futs[3].running() and not futs[4].running()  # the window: 2 x 2
+        # Hold the connection (a reader thread that lags) while the host runs the
+        # first four and hands the fifth to a worker (at about 1.0 s), then cancel it.
+        with ex._pool._read_lock:
+            time.sleep(1.2)
+            assert futs[4].cancel()  # PENDING here: cancelled, the host is told
+        assert [f.result(T) for f in futs[:4] + futs[5:]] == [0, 1, 2, 3, 5]
+        time.sleep(1.5)  # a kill at once would have replaced that worker by now
+        assert _worker_pids(ex) == before
+
+
 def test_worker_env_of_a_persistent_pool_may_be_a_closure(pools):
     """worker_env is called in the caller for each slot (`client.SlotTable`): a
     closure works, and the host runs no user code."""

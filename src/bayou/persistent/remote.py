@@ -462,12 +462,17 @@ def _follow_by_ref(pool_ref, task_id: int, timeout: float | None) -> float | Non
 
 
 def _local_done(pool_ref, task_id: int, fut) -> None:
-    """A future cancelled here before the host settled it: tell the host to drop the task."""
+    """A future cancelled here before the host settled it: tell the host to drop the task.
+
+    The host may have handed it to a worker already (its "running" is on the
+    way): that task is asked to stop and killed only after `SHUTDOWN_GRACE`, as
+    with ``shutdown(cancel_futures=True)``, so that a map left early (whose
+    iterator cancels the rest) does not kill workers that are about to answer."""
     pool = pool_ref()
     if pool is None or not fut.cancelled():
         return
     if pool._pop(task_id) is not None:
-        pool._send(("cancel", task_id, 0.0))
+        pool._send(("cancel", task_id, SHUTDOWN_GRACE))
 
 
 def _started(fut) -> bool:
