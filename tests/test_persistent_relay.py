@@ -23,23 +23,12 @@ from pathlib import Path
 import pytest
 
 import bayou
-from bayou.persistent import registry
 from bayou.persistent.link import Link
 from bayou.persistent.outbox import Outbox
-from bayou.store import Store
 from tests.executor_tasks import basic
 
 REPO = Path(__file__).resolve().parent.parent
 T = 120
-
-
-@pytest.fixture
-def pools(store_root):
-    """The test's store; every pool still running at the end is stopped."""
-    store = Store(store_root)
-    yield store
-    for entry in registry.entries(store):
-        registry.kill_host(entry, timeout=5.0)
 
 
 def _links() -> tuple[Link, Link]:

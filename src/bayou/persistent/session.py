@@ -342,33 +342,38 @@ class Session:
 
     # -- actors (persistent.actors) ---------------------------------------------------
 
+    def _reply(self, request: int, answer: Callable[[], tuple]) -> bool:
+        """Answer a client's `request` (`RemotePool.request`) with ("ok", *answer()),
+        or with the error `answer` raised."""
+        try:
+            self.notify(("reply", request, ("ok", *answer())))
+        except Exception as exc:
+            self.notify(("reply", request, ("error", pickle_exception(exc))))
+        return True
+
     def _on_actor(self, message: tuple) -> bool:
         _, request, name, label, constructor, roots, max_restarts, env_vars = message
-        try:
+
+        def create() -> tuple:
             made = self.host.actors.create(
                 self.number, name, label, constructor, frozenset(roots), max_restarts, env_vars
             )
-            self.notify(("reply", request, ("ok", made.key, made.label)))
-        except Exception as exc:
-            self.notify(("reply", request, ("error", pickle_exception(exc))))
-        return True
+            return made.key, made.label
+
+        return self._reply(request, create)
 
     def _on_actor_find(self, message: tuple) -> bool:
         _, request, key = message
-        try:
+
+        def find() -> tuple:
             found = self.host.actors.find(key)
-            self.notify(("reply", request, ("ok", found.key, found.label)))
-        except Exception as exc:
-            self.notify(("reply", request, ("error", pickle_exception(exc))))
-        return True
+            return found.key, found.label
+
+        return self._reply(request, find)
 
     def _on_actor_info(self, message: tuple) -> bool:
         _, request, key = message
-        try:
-            self.notify(("reply", request, ("ok", self.host.actors.find(key).entry())))
-        except Exception as exc:
-            self.notify(("reply", request, ("error", pickle_exception(exc))))
-        return True
+        return self._reply(request, lambda: (self.host.actors.find(key).entry(),))
 
     def _on_actor_submit(self, message: tuple) -> bool:
         key, task = message[1], message[2:]
