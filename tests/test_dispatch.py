@@ -29,6 +29,7 @@ class Item:
         self.attempts = 0
         self.undelivered = False
         self.spin_after = False
+        self.lease = None  # a lent worker's item has one (`lending`)
         self.worker = None
         self.released = self.requeues = 0
 
@@ -464,6 +465,34 @@ def test_heartbeat_loss_kills_a_silent_worker_as_hung():
     kills, _ = d.timers(12.5, no_memory, nothing_waiting)
     assert kills[0][0] is w and kills[0][1][0] is errors.WorkerHungError
     assert "no heartbeat for 2.5 s" in kills[0][1][1]
+
+
+def test_a_lent_worker_answers_to_the_memory_cap_but_not_to_heartbeat_or_task_timeout():
+    # lent to a persistent pool's client (`lending`): the client reads it, so the
+    # pool sees no heartbeat, and hands back any call that runs long
+    d = pool(max_workers=1, heartbeat_timeout=2.0, task_timeout=5.0, max_memory=1000)
+    lease = Item()
+    lease.lease = object()
+    d.submit(lease, 0.0)
+    (w,) = ready_workers(d, 1)
+    assert w.item is lease and w.phase is Phase.BUSY
+    kills, _ = d.timers(100.0, no_memory, nothing_waiting)
+    assert kills == []
+    d.timers(100.0 + dispatch.MEMORY_CHECK_INTERVAL, lambda w: 5000, nothing_waiting)
+    kills, _ = d.timers(
+        100.0 + 3 * dispatch.MEMORY_CHECK_INTERVAL, lambda w: 5000, nothing_waiting
+    )
+    assert [(k, r[0]) for k, r in kills] == [(w, errors.MemoryLimitError)]
+    # given back (as if it answered), it is an ordinary worker again
+    d2 = pool(max_workers=1, heartbeat_timeout=2.0, task_timeout=5.0)
+    lease = Item()
+    lease.lease = object()
+    d2.submit(lease, 0.0)
+    (w,) = ready_workers(d2, 1)
+    d2.result(w, 50.0, over_memory=False)
+    d2.submit(Item(), 50.0)
+    kills, _ = d2.timers(56.0, no_memory, nothing_waiting)
+    assert [r[0] for _, r in kills] == [errors.WorkerHungError]
 
 
 def test_a_worker_that_does_not_start_in_time_is_killed():

@@ -4,7 +4,7 @@
         label, constructor, roots, max_restarts, env_vars), the class and its
         arguments pickled by the client (the host never unpickles them)
     host: HostActors.create ─▶ an actor pool of one worker (`actor.start_pool`,
-        settled by `session.relay_settle`), kept under its key ─▶ ("actor_ok",
+        settled by `relay.relay_settle`), kept under its key ─▶ ("actor_ok",
         request id, key, label) or ("actor_error", request id, pickled error)
     client elsewhere: bayou.attach("seg").actor("model") ─▶ ("actor_find", ...)
     calls: ("actor_submit", key, <a submit's fields>) ─▶ that actor's pool

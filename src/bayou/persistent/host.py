@@ -19,7 +19,7 @@ outlives its starter), logs to ``<store>/logs/pools/<name>/manager.log``
            cancel, info, detach
 
 The host never imports the caller's modules and never unpickles user
-objects (`session.relay_settle`). A client that vanishes without detaching
+objects (`relay.relay_settle`). A client that vanishes without detaching
 has its outstanding tasks cancelled. SIGTERM (`bayou workers stop`) removes
 the entry first (no new attach), cancels queued work, stops the workers,
 tells the clients, and deletes the pool's directory.
@@ -48,7 +48,8 @@ from ..worker import wire
 from . import registry
 from .actors import HostActors
 from .registry import versions
-from .session import Session, relay_settle
+from .relay import relay_settle
+from .session import Session
 
 logger = logging.getLogger("bayou.persistent")
 
@@ -78,6 +79,7 @@ class Host:
         self.stop_event = threading.Event()
         self.stop_reason = "stopped"
         self.served = 0
+        self.lanes = 0  # workers lent to clients so far (`lanes`)
         self.started = time.time()
         self._numbers = itertools.count(1)
         self._last_entry: dict | None = None
@@ -154,6 +156,7 @@ class Host:
     def info(self) -> dict:
         data = dict(self._entry_data())
         data["clients"] = len(self.sessions)
+        data["lanes"] = self.lanes
         return data
 
     def _entry_data(self) -> dict:
@@ -190,9 +193,13 @@ class Host:
             registry.write_entry(self.directory, data)
             self._last_entry = data
 
-    def count_served(self) -> None:
+    def count_served(self, calls: int = 1) -> None:
         with self.lock:
-            self.served += 1
+            self.served += calls
+
+    def count_lane(self) -> None:
+        with self.lock:
+            self.lanes += 1
 
     # -- serving ---------------------------------------------------------------------------
 

@@ -65,6 +65,18 @@ class Link:
                     views[0] = views[0][sent:]
                     sent = 0
 
+    def send_fds(self, fds: list[int]) -> None:
+        """Send descriptors, with one byte, after a message that announces them (the
+        receiver reads that byte with `recv_fds` as it handles the message)."""
+        socket.send_fds(self.sock, [b"\0"], fds)
+
+    def recv_fds(self, most: int = 4) -> list[int]:
+        """The descriptors `send_fds` sent (the next byte of the stream)."""
+        data, fds, _, _ = socket.recv_fds(self.sock, 1, most)
+        if not data:
+            raise EOFError("the other end closed the connection")
+        return list(fds)
+
     def recv(self) -> tuple:
         """Receive one message (blocking); EOFError at the end of the stream."""
         self._fill(self._head)

@@ -20,6 +20,8 @@ another client's session): everything else goes through the writer thread.
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
 import pickle
 import threading
 
@@ -40,33 +42,33 @@ class Outbox:
         self.writer = threading.Thread(target=self._write_loop, name=name, daemon=True)
         self.writer.start()
 
-    def send(self, message: tuple) -> None:
+    def send(self, message: tuple, fds: list[int] | None = None) -> None:
         """From the thread that may block on this client (its session's): at once
-        when nothing is queued before it."""
+        when nothing is queued before it. `fds` go with it, and are closed here."""
         with self._lock:
             if self._closing or self.broken:
+                _close(fds)
                 return
             if self._busy or self._queue:
-                self._queue.append(message)
+                self._queue.append((message, fds))
                 self._more.notify()
                 return
             self._busy = True
         try:
-            self.link.send(message)
-        except (OSError, ValueError, pickle.PicklingError):
-            self.broken = True
+            self._deliver(message, fds)
         finally:
             with self._lock:
                 self._busy = False
                 if self._queue or self._closing:
                     self._more.notify()
 
-    def post(self, message: tuple) -> None:
+    def post(self, message: tuple, fds: list[int] | None = None) -> None:
         """From any thread: the writer sends it, after everything before it."""
         with self._lock:
             if self._closing or self.broken:
+                _close(fds)
                 return
-            self._queue.append(message)
+            self._queue.append((message, fds))
             if not self._busy:
                 self._more.notify()
 
@@ -75,7 +77,7 @@ class Outbox:
         connection (waiting up to `timeout` seconds for it when given)."""
         with self._lock:
             if not self._closing and last is not None and not self.broken:
-                self._queue.append(last)
+                self._queue.append((last, None))
             self._closing = True
             self._more.notify()
         if timeout is not None and threading.current_thread() is not self.writer:
@@ -92,15 +94,31 @@ class Outbox:
                     continue
                 if not self._queue or self.broken:
                     break
-                message = self._queue.popleft()
+                message, fds = self._queue.popleft()
                 self._busy = True
                 lock.release()
                 try:
-                    self.link.send(message)
-                except (OSError, ValueError, pickle.PicklingError):
-                    self.broken = True
+                    self._deliver(message, fds)
                 finally:
                     lock.acquire()
                     self._busy = False
+            for _, fds in self._queue:
+                _close(fds)
             self._queue.clear()
         self.link.close()
+
+    def _deliver(self, message: tuple, fds: list[int] | None) -> None:
+        try:
+            self.link.send(message)
+            if fds:
+                self.link.send_fds(fds)
+        except (OSError, ValueError, pickle.PicklingError):
+            self.broken = True
+        finally:
+            _close(fds)
+
+
+def _close(fds: list[int] | None) -> None:
+    for fd in fds or ():
+        with contextlib.suppress(OSError):
+            os.close(fd)

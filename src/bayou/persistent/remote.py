@@ -50,6 +50,7 @@ from ..environment import Environment
 from ..futures import end_cancelled, fail
 from ..pool import PREFETCH, SHUTDOWN_GRACE, WorkItem, lifetime, outcome
 from ..worker import wire
+from .lane import Lanes, message_handlers
 from .link import Link
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ class RemotePool:
         self._epoll = _EPOLL() if _EPOLL is not None else None
         if self._epoll is not None:
             self._epoll.register(self._fd, select.EPOLLIN)
+        self.lanes = Lanes(self)  # a worker of the host's lent to us, for quick calls
         self.thread = threading.Thread(
             target=self._read_loop, name=f"bayou-persistent-{name}", daemon=True
         )
@@ -112,6 +114,7 @@ class RemotePool:
         if len(items) == 1:
             self.submit(items[0])
             return
+        self.lanes.release()  # a burst: all the host's workers
         with self._lock:
             lifetime.check_accepting(self.broken, self._shutdown)
             registered = [self._register(item) for item in items]
@@ -122,14 +125,23 @@ class RemotePool:
             self._break(f"lost the connection to the persistent pool {self.name!r}")
 
     def submit(self, item: WorkItem, actor: str | None = None) -> None:
-        """Relay `item` to the host's pool, or to its actor `actor` (`remote_actor`)."""
+        """Relay `item` to the host's pool, or to its actor `actor` (`remote_actor`);
+        or send it down our lane (`lane`) when we hold one and nothing else is in flight."""
+        if actor is None and self.lanes.take(item):
+            return
         with self._lock:
             lifetime.check_accepting(self.broken, self._shutdown)
+            alone = not self._items
             started = self._register(item)
         task = self._task(item, started)
         message = ("submit", *task) if actor is None else ("actor_submit", actor, *task)
         if not self._send(message):
             self._break(f"lost the connection to the persistent pool {self.name!r}")
+        elif actor is None:
+            if alone:
+                self.lanes.maybe_open()
+            elif self.lanes.lane is not None:
+                self.lanes.release()
 
     def _register(self, item: WorkItem) -> bool:
         """Give `item` its task id (under the lock); whether it is handed over at once:
@@ -149,9 +161,16 @@ class RemotePool:
             fut.set_running_or_notify_cancel()  # nobody else has it yet: PENDING
         else:  # Future.cancel() may end it here: the host must drop it then
             fut.add_done_callback(functools.partial(_local_done, self._ref, task_id))
+        task = self._fields(item, started)
+        item.release()
+        return task
+
+    @staticmethod
+    def _fields(item: WorkItem, started: bool) -> tuple:
+        """What the host needs of `item` ("submit"'s fields)."""
         oob = getattr(item, "oob", None)  # big argument buffers, inline (segments is None)
-        task = (
-            task_id,
+        return (
+            item.task_id,
             item.call_kind,
             item.fn_record,
             item.args_blob,
@@ -160,8 +179,6 @@ class RemotePool:
             None if oob is None else list(oob.inline),
             started,
         )
-        item.release()
-        return task
 
     def cancel(self, task_id: int, grace: float) -> bool:
         """`bayou.cancel` on one of our futures."""
@@ -169,6 +186,8 @@ class RemotePool:
             item = self._items.get(task_id)
         if item is None or item.future.done():
             return False
+        if self.lanes.cancel(item, grace):
+            return True
         if item.future.cancel():
             return True  # still queued here or at the host: _local_done tells the host
         self._send(("cancel", task_id, grace))
@@ -195,7 +214,7 @@ class RemotePool:
                     break  # another thread reads: wait on the future as usual
                 actions: list[Callable[[], None]] = []
                 try:
-                    end = self._follow_turn(deadline, actions, held)
+                    end = self.lanes.follow_turn(deadline, actions, held)
                 finally:
                     self._read_lock.release()
                 self._run(actions)
@@ -273,11 +292,16 @@ class RemotePool:
                 return False
 
     def _detach(self) -> None:
+        if self._read_lock.acquire(timeout=1.0):  # the lane goes back first, if idle
+            try:
+                self.lanes.close(give_back=True)
+            finally:
+                self._read_lock.release()
         with self._send_lock:
             if self._detached:
                 return
             with contextlib.suppress(OSError):
-                self._link.send(("detach",))
+                self._link.send(("detach", self.lanes.asked))
             self._detached = True
         lifetime.unregister(self)
         if threading.current_thread() is not self.thread:
@@ -292,13 +316,15 @@ class RemotePool:
         end = None
         while end is None:
             if ep is not None:
-                try:
-                    ep.poll()  # a message (unless a follower reads), or a hang-up
+                try:  # a message or the lane (unless a follower reads), or a hang-up
+                    ep.poll(self.lanes.timeout())
                 except OSError:
                     break
             actions: list[Callable[[], None]] = []
             with self._read_lock:
                 end = self._drain(actions, block=ep is None)
+                if end is None:
+                    self.lanes.service(actions)
             self._run(actions)
         if ep is not None:
             ep.close()
@@ -315,39 +341,6 @@ class RemotePool:
         except (EOFError, OSError, pickle.UnpicklingError):
             return self._lost()
         return None
-
-    def _follow_turn(self, deadline: float | None, actions: list, held) -> str | None:
-        """One follower turn (the read lock held): poll and take messages until one
-        gives something to run; why the connection ended, or None."""
-        ep = self._epoll
-        assert ep is not None  # `follow` checked
-        try:
-            ep.modify(self._fd, 0)  # the reader thread: sleep on
-        except (OSError, ValueError):  # closed: detached meanwhile
-            return None
-        try:
-            while not held.caught:
-                wait = -1.0 if deadline is None else (deadline - time.monotonic()) * 1000
-                if deadline is not None and wait <= 0:
-                    return None
-                held.polling = True  # nothing is half done: Ctrl-C may stop the poll
-                try:
-                    events = self._poller.poll(wait)
-                except interrupts.Interrupted:
-                    return None
-                finally:
-                    held.polling = False
-                if not events:
-                    continue
-                end = self._take(self._link.recv(), actions)
-                if end is not None or actions:
-                    return end
-            return None
-        except (EOFError, OSError, pickle.UnpicklingError):
-            return self._lost()
-        finally:
-            with contextlib.suppress(OSError, ValueError):
-                ep.modify(self._fd, select.EPOLLIN)
 
     def _take(self, message: tuple, actions: list) -> str | None:
         """One message from the host, in stream order (`MESSAGES`, by its tag):
@@ -400,6 +393,7 @@ class RemotePool:
         return None
 
     def _settle(self, item: WorkItem, status: int, data: Any, seconds: float | None) -> None:
+        self.lanes.note_answer(seconds)
         if _started(item.future):
             item.future.record_seconds(seconds)  # map's batching sizes tasks with it
             outcome.settle(item, status, local_result(status, data), self.environment)
@@ -432,6 +426,7 @@ class RemotePool:
                 self.broken = message
             items = list(self._items.values())
             self._items.clear()
+        self.lanes.close(give_back=False)
         for item in items:
             fail(item.future, BrokenProcessPool(message))
         lifetime.unregister(self)
@@ -448,6 +443,7 @@ MESSAGES: dict[str, Callable[[RemotePool, tuple, list], str | None]] = {
     "info": RemotePool._on_info,
     "reply": RemotePool._on_reply,
     "stopped": RemotePool._on_stopped,
+    **message_handlers(),
 }
 
 
@@ -490,7 +486,7 @@ def _fail_pickled(fut, blob: bytes) -> None:
 
 
 def local_result(status: int, data: Any) -> Any:
-    """Undo `session.portable_result`: the ``data`` that `Pool._complete` expects."""
+    """Undo `relay.portable_result`: the ``data`` that `Pool._complete` expects."""
     if status == wire.OK:
         blob, buffers = data
         return blob, 0, len(blob), buffers

@@ -40,15 +40,16 @@ import time
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import AuthenticationError, connection
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import errors, protocol
-from ..futures import BayouFuture
 from ..pool import Pool, WorkItem, follow
 from ..worker import wire
+from . import lanes
 from .link import Link
 from .outbox import Outbox
 from .registry import version_mismatch, versions
+from .relay import RelayFuture, pickle_exception
 
 if TYPE_CHECKING:
     from .host import Host
@@ -59,77 +60,6 @@ logger = logging.getLogger("bayou.persistent")
 # one, in units of the pool's `spin` (`BAYOU_SPIN_US`): the client's turn-around
 # (decode the result, return, encode the next call) is longer than a worker's.
 CLIENT_SPIN_FACTOR = 2.0
-
-
-def relay_settle(item: WorkItem, status: int, data: Any) -> None:
-    """The host's settle strategy for its `Pool`: hand results back undecoded.
-
-    A local pool decodes a worker's answer (`outcome.settle`); here it is only
-    made portable (`portable_result`) and sent to the client, which unpickles
-    it: the host never imports the user's classes. The answer goes out first,
-    the host's own bookkeeping (the future's done-callback) follows.
-    """
-    fut = item.future
-    try:
-        if item.cancel_requested:
-            fut._force_cancel()
-            return
-        raw = portable_result(status, data)
-        del data
-    finally:
-        item.release()
-    if fut.done():
-        return
-    if isinstance(fut, RelayFuture):  # (not the host's own warm-up tasks)
-        # with the call's own duration in the worker, which sizes map's batches
-        fut.session.answer(fut, ("result", fut.task_id, status, raw, fut.seconds))
-    with contextlib.suppress(Exception):
-        fut.set_result(None)
-
-
-def portable_result(status: int, data: Any) -> Any:
-    """A worker's result as `Pool._complete` receives it, in a form that pickles.
-
-    OK results arrive as ``(payload, start, end, out-of-band buffers)`` (views
-    that may map shared memory): they travel as ``(pickle bytes, [buffer
-    bytes] or None)`` and `remote.local_result` rebuilds the tuple. Failures
-    are error records (dicts of builtins) or, for a protocol error, an
-    exception, which travels pickled.
-    """
-    if status == wire.OK:
-        payload, start, end, buffers = data
-        blob = bytes(memoryview(payload)[start:end])
-        return blob, None if buffers is None else [bytes(b) for b in buffers]
-    if isinstance(data, BaseException):
-        return pickle_exception(data)
-    return data
-
-
-def pickle_exception(exc: BaseException | None) -> bytes:
-    try:
-        return pickle.dumps(exc, 4)
-    except Exception:
-        return pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"), 4)
-
-
-class RelayFuture(BayouFuture[Any]):
-    """The host-side future of one client task: its state changes go to the client."""
-
-    def __init__(self, session: Session, task_id: int, client_started: bool) -> None:
-        super().__init__()
-        self.session = session
-        self.task_id = task_id
-        self.client_started = client_started  # RUNNING at the client already
-        self.answered = False  # its result went to the client (`relay_settle`)
-
-    def set_running_or_notify_cancel(self) -> bool:
-        started = super().set_running_or_notify_cancel()
-        if started and not self.client_started:  # under the pool's lock: never send here
-            self.session.running(self.task_id)
-        return started
-
-    def _set_progress(self, done: float, total: float | None, message: str | None) -> None:
-        self.session.notify(("progress", self.task_id, done, total, message))
 
 
 class Session:
@@ -149,19 +79,24 @@ class Session:
         self.answered_at: float | None = None  # when this thread last sent a result
         self.back_to_back = False  # the last call came within `spin` of the answer before
         self._held: list[tuple] | None = None  # "running" messages held during a submit
+        self.leases: dict[int, lanes.Lease] = {}  # workers lent to the client, by lease id
+        self.untouched_lease: int | None = None
 
     # -- sending -----------------------------------------------------------------------
 
-    def notify(self, message: tuple) -> None:
-        """Send `message` to the client: at once from this session's thread, else
-        through the writer (no other thread may block on this client)."""
+    def notify(self, message: tuple, fds: list[int] | None = None) -> None:
+        """Send `message` (and `fds`, closed here once sent) to the client: at once
+        from this session's thread, else through the writer (no other thread may
+        block on this client)."""
         outbox = self.outbox
         if outbox is None:
+            if fds:
+                wire.close_fds(fds)
             return
         if threading.current_thread() is self.thread:
-            outbox.send(message)
+            outbox.send(message, fds)
         else:
-            outbox.post(message)
+            outbox.post(message, fds)
 
     def running(self, task_id: int) -> None:
         """A task of ours was handed to a worker (called under the pool's lock)."""
@@ -395,11 +330,14 @@ class Session:
 
     def _on_detach(self, message: tuple) -> bool:
         self.detached = True
+        # a lane the client asked for and never received: it never touched the worker
+        self.untouched_lease = message[1] if len(message) > 1 else None
         return False
 
     # -- the end -------------------------------------------------------------------------
 
     def _end(self) -> None:
+        lanes.abandon_all(self)
         with self.lock:
             leftovers = list(self.items.values())
         if leftovers and not self.detached:
@@ -436,4 +374,7 @@ HANDLERS: dict[str, Callable[[Session, tuple], bool]] = {
     "actor_info": Session._on_actor_info,
     "actor_submit": Session._on_actor_submit,
     "actor_close": Session._on_actor_close,
+    "lane_open": lanes.on_open,
+    "lane_return": lanes.on_return,
+    "lane_back": lanes.on_back,
 }

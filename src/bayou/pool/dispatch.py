@@ -368,14 +368,19 @@ class Dispatch(Generic[W]):
                 if now - w.retired_at > RETIRE_TIMEOUT:
                     kills.append((w, QUIET))
                 continue
-            if ht is not None:
+            # A worker lent to a persistent pool's client: the client reads it, and
+            # hands a call that runs long back to the pool (`lending`), whose
+            # heartbeat and task_timeout then apply.
+            item = w.item
+            lent = item is not None and getattr(item, "lease", None) is not None
+            if ht is not None and not lent:
                 if now - w.last_seen > ht:
                     kills.append((w, _hung(now - w.last_seen, ht)))
                     continue
                 nearest = min(nearest, w.last_seen + ht)
             if w.phase is not Phase.BUSY:
                 continue
-            if tt is not None:
+            if tt is not None and not lent:
                 if now - w.task_started > tt:
                     reason = f"it ran longer than task_timeout={tt} s"
                     kills.append((w, (errors.TaskTimeoutError, reason)))

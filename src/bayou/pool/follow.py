@@ -94,8 +94,8 @@ def _follow(pool: Pool, w: WorkerHandle, item: WorkItem, deadline, held, also: i
             try:
                 _read_as_follower(pool, w, item, sock, deadline, settles, held, also)
             finally:
-                if w.sock is sock and not w.dead:
-                    pool.io.resume(sock, w.sock_data)
+                if w.sock is sock and not w.dead and not w.lent:  # (lent meanwhile: a
+                    pool.io.resume(sock, w.sock_data)  # client reads it now, `lending`)
         finally:
             w.read_lock.release()
         for settled in settles:

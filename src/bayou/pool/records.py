@@ -63,6 +63,9 @@ class WorkItem:
     spin_after: bool = False  # its worker should poll for the next task (see `dispatch`)
     worker: WorkerHandle | None = None
     oob: protocol.OutOfBand | None = None  # big argument buffers (shared memory or inline)
+    # Not a call: its worker is lent to a persistent pool's client (`lending`); the
+    # object's `lent(worker)` is told instead of a TASK being sent
+    lease: Any = None
     # (call kind, (args, kwargs) or a map chunk's argument tuples), kept as
     # ProcessPoolExecutor keeps them until the task is settled, to name the argument
     # a worker could not load
@@ -143,7 +146,16 @@ class WorkerHandle(Worker):
         who = self.title or f"worker {self.slot}"
         return f"{who} (pid {self.pid}, env {self.env_hash}, Python {self.version})"
 
+    @property
+    def lent(self) -> bool:
+        """Whether a client reads and writes its socket now (`lending`): the pool must not."""
+        item = self.item
+        return item is not None and item.lease is not None
+
     def send_task(self, item: WorkItem) -> None:
+        if item.lease is not None:
+            item.lease.lent(self)
+            return
         parts, fds = item.payload()
         if item.oob is not None:
             item.oob.sent()

@@ -116,6 +116,9 @@ def kill(pool: Pool, w: WorkerHandle, reason: tuple[type | None, str] | None) ->
 def on_socket(pool: Pool, w: WorkerHandle) -> None:
     if not w.read_lock.acquire(blocking=False):
         return  # a caller thread follows this worker (an event from before it took over)
+    if w.lent:  # a client reads it (an event from before it was lent)
+        w.read_lock.release()
+        return
     try:
         alive = frames.receive(pool, w, w.sock)
     finally:
@@ -170,8 +173,8 @@ def on_exit(pool: Pool, w: WorkerHandle) -> None:
         return
     w.phase = Phase.EXITING
     with w.read_lock:  # a follower polls the pidfd too: it lets go at once
-        if w.sock is not None and w.reader is not None:
-            frames.read_last(pool, w)
+        if w.sock is not None and w.reader is not None and not w.lent:
+            frames.read_last(pool, w)  # (a lent worker's last frames are its client's)
         w.phase = Phase.DEAD
     if w.pidfd is not None:
         pool.selector.unregister(w.pidfd)

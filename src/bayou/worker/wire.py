@@ -338,6 +338,10 @@ class FrameReader:
         if pos:
             del buf[:pos]
 
+    def between_frames(self) -> bool:
+        """Whether no frame is half received: another reader may take the stream over."""
+        return not self._buf and self._big is None and not self._fds
+
     def close(self) -> None:
         """Close the descriptors of frames nobody will handle."""
         while self._fds:
