@@ -18,9 +18,10 @@ in this run, so the ratios compare like with like. The contenders:
                  versions costs. For the 100 MB round trip the goal is at most 1.2x
                  bayou-env's and at most 0.1x PPE's; the line under the table says
                  whether this run meets it
-* ``bayou-persistent``  ``bayou.EnvExecutor(2, persistent=True, name=...)``: each call
-                 goes client -> pool host -> worker and back; cold start, memory and the
-                 100 MB row do not apply (the host's workers; no shared memory to the host)
+* ``bayou-persistent``  ``bayou.EnvExecutor(2, persistent=True, name=...)``: maps go
+                 client -> pool host -> worker and back; back-to-back calls (the round
+                 trip) go down a direct lane, client -> a worker the host lent it; cold
+                 start, memory and the 100 MB row do not apply (the host's workers)
 * ``loky``       ``loky.ProcessPoolExecutor(2)``, when loky is importable (else skipped)
 * ``Wetlands``   a Wetlands worker pool of 2 (``environment.start(workers=2)``) over a
                  local venv (numpy) provisioned by bayou, through a pixi stand-in

@@ -29,13 +29,15 @@ REPO = Path(__file__).resolve().parent.parent
 T = 120
 
 
-def take_lane(ex, tries: int = 400) -> None:
-    """Quick calls back to back until the client holds a lane."""
-    for _ in range(tries):
+def take_lane(ex, within: float = 20.0) -> None:
+    """Quick calls back to back until the client holds a lane (the host may say "not
+    now" while a task waits for a worker, e.g. one starting after a crash)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
         assert ex.submit(basic.add, 1, 2).result(T) == 3
         if ex._pool.lanes.lane is not None:
             return
-    raise AssertionError(f"no lane after {tries} back-to-back calls: {ex.info()}")
+    raise AssertionError(f"no lane after {within} s of back-to-back calls: {ex.info()}")
 
 
 def holds_lane(ex) -> bool:
@@ -166,11 +168,22 @@ def test_two_clients_calling_back_to_back_share_the_pool(pools):
         second.shutdown()
 
 
-def test_a_pool_with_retries_never_lends(pools):
-    with bayou.EnvExecutor(2, persistent=True, name="lane-retries", retries=1) as ex:
+@pytest.mark.parametrize(
+    "workers, options",
+    [
+        (2, {"retries": 1}),  # a retry needs the host to have seen the call
+        (2, {"max_tasks_per_child": 50}),  # so does counting calls
+        (2, {"max_memory_per_worker": 2**33}),  # so does retiring after a call
+        (1, {}),  # the only worker: other clients would have none
+    ],
+    ids=["retries", "max_tasks_per_child", "max_memory", "one_worker"],
+)
+def test_pools_whose_rules_need_every_call_never_lend(pools, workers, options):
+    with bayou.EnvExecutor(workers, persistent=True, name="lane-never", **options) as ex:
         for i in range(100):
             assert ex.submit(basic.add, i, 0).result(T) == i
         assert ex.info()["lanes"] == 0 and not holds_lane(ex)
+        assert ex._pool.lanes.refused_until == float("inf")  # asked once, told never
 
 
 def test_a_client_killed_holding_a_lane_costs_one_worker_not_the_pool(pools, tmp_path):
@@ -223,3 +236,50 @@ def test_calls_waited_on_without_a_follower_are_read_by_the_reader_thread(pools)
             done, _ = concurrent.futures.wait([fut], timeout=T)  # no follower: a waiter
             assert done and fut.result() == i + 1
         assert holds_lane(ex)
+
+
+@pytest.mark.slow
+def test_threads_mixing_lane_calls_maps_crashes_long_calls_and_cancels_lose_nothing(pools):
+    """Three threads of one client, each a random mix: quick calls (the lane), maps
+    (the host, the lane given back), crashes, calls long enough to be handed back,
+    cancels, pauses long enough for an idle lane to go back. Every call gets its
+    own outcome and nothing hangs."""
+    import random
+
+    problems: list[str] = []
+
+    def run(tag: int, ex) -> None:
+        rnd = random.Random(tag)
+        try:
+            for i in range(150):
+                r = rnd.random()
+                if r < 0.03:
+                    burst = list(ex.map(basic.add, range(50), range(50), chunksize=1))
+                    assert burst == [2 * k for k in range(50)]
+                elif r < 0.05:
+                    with pytest.raises(bayou.WorkerCrashedError, match="exit_with"):
+                        ex.submit(basic.exit_with, 3).result(T)
+                elif r < 0.08:
+                    assert ex.submit(basic.sleep_then, 0.08, i).result(T) == i
+                elif r < 0.10:
+                    fut = ex.submit(basic.wait_for_cancel, 30)
+                    time.sleep(rnd.random() * 0.05)
+                    bayou.cancel(fut, grace=5)
+                    with pytest.raises(concurrent.futures.CancelledError):
+                        fut.result(T)
+                else:
+                    assert ex.submit(basic.add, i, tag).result(T) == i + tag
+                if rnd.random() < 0.01:
+                    time.sleep(0.6)
+        except BaseException as exc:  # noqa: BLE001 (reported below, with the thread)
+            problems.append(f"thread {tag}: {exc!r}")
+
+    with bayou.EnvExecutor(2, persistent=True, name="lane-mix") as ex:
+        threads = [threading.Thread(target=run, args=(k, ex)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert not any(t.is_alive() for t in threads), "a thread hung"
+        assert problems == []
+        assert ex.info()["lanes"] >= 1

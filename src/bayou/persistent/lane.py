@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import pickle
 import select
 import socket
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 QUICK = 0.01  # s: calls shorter than this, back to back, are worth a lane
 BACK_TO_BACK = 0.05  # s between an answer and the next call that counts as back to back
 IDLE_RETURN = 0.5  # s a lane may stay unused before it is given back
-REFUSED_PAUSE = 1.0  # s before asking again after the host said "not now"
+REFUSED_PAUSE = 0.25  # s before asking again after the host said "not now"
 
 
 class Lane:
@@ -411,6 +412,7 @@ class Lanes:
             return
         self.asked = None
         wire.close_fds(fds[1:])
+        os.set_inheritable(fds[0], False)  # a process we fork must not hold the worker
         lane = Lane(lease_id, fds[0], info, pool._pop)
         ep = pool._epoll
         assert ep is not None  # only asked for with epoll

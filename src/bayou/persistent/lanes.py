@@ -19,7 +19,9 @@ worker's socket and reads its RESULTs itself (`lane`), as a local pool does::
               the call it had on it with that error
 
 The rules: a pool with ``retries`` or ``max_tasks_per_child`` never lends
-(those count calls the host would not see), nor one of a single worker; at
+(those count calls the host would not see), nor one with a memory cap (it
+retires a worker that grew past the cap after the call that grew it, which
+needs to see each call), nor one of a single worker; at
 most ``max_workers - 1`` workers are lent at a time, so the clients without a
 lane always have one; and none while tasks wait for a worker. The lease waits
 for a worker like a task (the one running the client's last call, usually,
@@ -152,7 +154,12 @@ class Lease:
 def may_lend(pool: Pool) -> tuple[bool, bool]:
     """(whether to lend a worker now, whether never to)."""
     limits = pool.limits
-    if limits.retries or limits.max_tasks_per_child is not None or limits.max_workers < 2:
+    if (
+        limits.retries
+        or limits.max_tasks_per_child is not None
+        or limits.max_memory is not None
+        or limits.max_workers < 2
+    ):
         return False, True
     with pool._lock:
         dispatch = pool.dispatch

@@ -48,6 +48,10 @@ The rules:
   grace (`bayou.cancel`, ``SHUTDOWN_GRACE`` at shutdown), retiring workers
   that do not leave, and the memory cap, which kills only a task found over
   it at two checks in a row.
+* Loans. A task whose item has a ``lease`` lends its worker to a persistent
+  pool's client (`lending`): it is BUSY like any other, but heartbeat and
+  ``task_timeout`` are not checked (the client reads the worker, and hands
+  back any call that runs long); its end is a `result`, as an answer's.
 """
 
 from __future__ import annotations
