@@ -125,6 +125,14 @@ def test_cancel_stops_a_call_on_the_lane(pools):
         assert ex.submit(basic.add, 1, 1).result(T) == 2
         assert ex.info()["worker_pids"] == pids
 
+        # shutdown(cancel_futures=True) reaches a call on the lane too
+        take_lane(ex)
+        fut = ex.submit(basic.wait_for_cancel, 60)
+        assert ex._pool.lanes.carries(fut._key)
+        start = time.monotonic()
+        ex.shutdown(wait=True, cancel_futures=True)
+        assert fut.cancelled() and time.monotonic() - start < 20
+
 
 def test_progress_from_a_call_on_the_lane_reaches_the_caller(pools):
     seen = []

@@ -256,7 +256,7 @@ class RemotePool:
             items = list(self._items.items())
         if cancel_futures:
             for task_id, item in items:
-                if not item.future.cancel():
+                if not item.future.cancel() and not self.lanes.cancel(item, SHUTDOWN_GRACE):
                     self._send(("cancel", task_id, SHUTDOWN_GRACE))
         if not wait:
             with self._lock:
