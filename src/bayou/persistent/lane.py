@@ -195,9 +195,15 @@ class Lanes:
             lane.item = item
         item.future.bind(item.task_id, *pool._hooks)
         item.future.set_running_or_notify_cancel()  # nobody else has it yet: PENDING
+        # The worker is not asked to poll for the next call (spin_after False), only
+        # we poll for its answer. It runs in the host's session, so in another
+        # scheduler autogroup than ours: when a wake-up puts both on one CPU, its
+        # sched_yield does not yield to us and each call waits for a preemption
+        # (compare.py's interleaved blocks, 2 cores: 85-89 us a round trip with
+        # both polling, 45-46 us with only us; apart on two CPUs, 38 against 46).
         parts, fds = protocol.encode_task(
             item.task_id, item.call_kind, item.fn_record, item.args_blob, item.roots,
-            item.oob, True,
+            item.oob, False,
         )  # fmt: skip
         lane.sent_at = time.monotonic()
         if not lane.send(parts, fds):  # its worker is gone and never had the call
