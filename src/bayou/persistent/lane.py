@@ -208,9 +208,10 @@ class Lanes:
         lane.sent_at = time.monotonic()
         if not lane.send(parts, fds):  # its worker is gone and never had the call
             with pool._lock:
+                ours = lane.item is item  # (else "lane_died" failed it meanwhile)
                 lane.item = None
                 lane.dead = True
-            if not pool._send(("submit", *pool._fields(item, True))):  # the host's, then
+            if ours and not pool._send(("submit", *pool._fields(item, True))):  # the host's
                 pool._break(f"lost the connection to the persistent pool {pool.name!r}")
         item.release()
         return True
@@ -296,28 +297,28 @@ class Lanes:
             if lane.cancel_grace is not None or now - lane.sent_at >= lane.handback:
                 self._hand_back(lane, actions)
         elif lane.dead:
-            self._drop(lane)  # its death reaches the host, which ends the lease
+            self._drop(lane, only_idle=True)  # its death reaches the host: lease over
         elif self.return_wanted or now - lane.idle_since >= IDLE_RETURN:
             self.give_back()
 
-    def give_back(self) -> None:
+    def give_back(self) -> bool:
+        """Give the lane back if it is idle; whether it was."""
         lane = self.lane
-        if lane is None or lane.item is not None:
-            return
+        if lane is None or not self._drop(lane, only_idle=True, close=False)[0]:
+            return False  # a call went on it meanwhile
         actions: list = []
         lane.finish_frame(actions, self.pool.environment)  # (heartbeats, nothing more)
-        self._drop(lane)
+        lane.close()
         if not lane.dead:
             self.pool._send(("lane_return", lane.lease_id, lane.calls))
+        return True
 
     def _hand_back(self, lane: Lane, actions: list) -> None:
         lane.finish_frame(actions, self.pool.environment)
-        item = lane.item
-        if item is None or lane.dead:
-            if lane.dead and item is None:
-                self._drop(lane)
-            return  # answered meanwhile; or dead: "lane_died" settles it
-        self._drop(lane)
+        if lane.dead or lane.item is None:
+            return  # dead: "lane_died" settles its call; or answered meanwhile
+        _, item = self._drop(lane)
+        assert item is not None  # (only a reader, and we are it, takes a call off)
         self.handed = (lane.lease_id, item)
         elapsed = time.monotonic() - lane.sent_at
         self.pool._send(
@@ -326,12 +327,24 @@ class Lanes:
         if lane.cancel_grace is not None:
             self.pool._send(("cancel", item.task_id, lane.cancel_grace))
 
-    def _drop(self, lane: Lane) -> None:
-        if self.lane is lane:
-            self.lane = None
-            self.return_wanted = False
+    def _drop(
+        self, lane: Lane, only_idle: bool = False, close: bool = True
+    ) -> tuple[bool, WorkItem | None]:
+        """Stop using `lane`, under the pool's lock so that `take` cannot put a call on
+        it meanwhile: (whether dropped, the call that was on it). With `only_idle`, a
+        lane with a call on it is kept."""
+        with self.pool._lock:
+            item = lane.item
+            if only_idle and item is not None:
+                return False, None
+            lane.item = None
+            if self.lane is lane:
+                self.lane = None
+                self.return_wanted = False
         self._unwatch(lane)
-        lane.close()
+        if close:
+            lane.close()
+        return True, item
 
     def _unwatch(self, lane: Lane) -> None:
         ep = self.pool._epoll
@@ -386,9 +399,10 @@ class Lanes:
                         end = pool._take(pool._link.recv(), actions)
                         if end is not None:
                             return end
-                if lane is not None and self.lane is lane:
-                    self.service(actions)
-                    if self.lane is not lane or lane.dead:  # handed back, given back, dead
+                if lane is not None:
+                    if self.lane is lane:
+                        self.service(actions)
+                    if self.lane is not lane or lane.dead:  # handed or given back, dead
                         try:
                             poller.unregister(lane.fd)
                         except (KeyError, ValueError):
@@ -437,8 +451,7 @@ class Lanes:
         item = None
         lane = self.lane
         if lane is not None and lane.lease_id == lease_id:
-            item = lane.item
-            self._drop(lane)
+            _, item = self._drop(lane)  # (under the lock: no call slips on meanwhile)
         elif self.handed is not None and self.handed[0] == lease_id:
             item = self.handed[1]
         if item is None or self.pool._pop(item.task_id) is None:
@@ -453,10 +466,8 @@ class Lanes:
         lane = self.lane
         if lane is None:
             return
-        if give_back and lane.item is None and not lane.dead:
-            self.give_back()
-        else:
-            self._drop(lane)
+        if not give_back or lane.dead or not self.give_back():
+            self._drop(lane)  # its call, if any, fails with the rest (`_break`)
 
 
 def message_handlers() -> dict[str, Callable[[RemotePool, tuple, list], str | None]]:

@@ -79,7 +79,7 @@ def follow(
 
 
 def _follow(pool: Pool, w: WorkerHandle, item: WorkItem, deadline, held, also: int | None) -> None:
-    if not w.read_lock.acquire(blocking=False):
+    if not w.start_reading():
         return
     settles: list = []
     with pool._lock:
@@ -97,7 +97,7 @@ def _follow(pool: Pool, w: WorkerHandle, item: WorkItem, deadline, held, also: i
                 if w.sock is sock and not w.dead and not w.lent:  # (lent meanwhile: a
                     pool.io.resume(sock, w.sock_data)  # client reads it now, `lending`)
         finally:
-            w.read_lock.release()
+            w.stop_reading()
         for settled in settles:
             pool._complete(*settled)
     except Exception as exc:

@@ -25,6 +25,7 @@ and the memory cap and deaths are watched by pid as always.
 
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,20 @@ if TYPE_CHECKING:
 
 def lend(pool: Pool, w: WorkerHandle) -> bool:
     """Stop reading `w` (its lease item was just assigned to it); False when it
-    cannot be lent (it is dying, or a frame of it is half read here)."""
+    cannot be lent now: it is dying, a frame of it is half read here, or another
+    thread is reading it (a supervisor's read under way would take the client's
+    first answer)."""
+    if w.start_reading():
+        try:
+            return _stop_watching(pool, w)
+        finally:
+            w.stop_reading()
+    # This thread reads it (the answer that freed it gave it the lease) and reads
+    # no more once that answer is handled; any other reader may be mid-read.
+    return w.reading_thread == threading.get_ident() and _stop_watching(pool, w)
+
+
+def _stop_watching(pool: Pool, w: WorkerHandle) -> bool:
     reader = w.reader
     if w.sock is None or w.exiting or reader is None or not reader.between_frames():
         return False

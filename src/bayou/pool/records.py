@@ -121,8 +121,10 @@ class WorkerHandle(Worker):
         self.reader: wire.FrameReader | None = None
         self.send_lock = threading.Lock()
         # Whoever reads `sock` holds this: the supervisor (briefly, per event) or a
-        # caller thread waiting for this worker's result (`Pool.follow`).
+        # caller thread waiting for this worker's result (`Pool.follow`), taken with
+        # `start_reading`, which notes the thread (`lending.lend` asks who reads).
         self.read_lock = threading.Lock()
+        self.reading_thread: int | None = None
         self.sock_data = ("sock", self)  # its selector key's data, the same across re-registers
         self.psutil_process: Any = None  # psutil.Process, made when first measured
         self.pidfd: int | None = None
@@ -130,6 +132,17 @@ class WorkerHandle(Worker):
         self.version = environment.python_version
         self.env_hash = environment.hash
         self.title = ""  # how messages name it, when not "worker <slot>" (an actor)
+
+    def start_reading(self) -> bool:
+        """Take `read_lock` if it is free; whether we did."""
+        if not self.read_lock.acquire(blocking=False):
+            return False
+        self.reading_thread = threading.get_ident()
+        return True
+
+    def stop_reading(self) -> None:
+        self.reading_thread = None
+        self.read_lock.release()
 
     def rss(self) -> int:
         """Its resident memory in bytes (0 once it is gone)."""

@@ -114,15 +114,17 @@ def kill(pool: Pool, w: WorkerHandle, reason: tuple[type | None, str] | None) ->
 
 
 def on_socket(pool: Pool, w: WorkerHandle) -> None:
-    if not w.read_lock.acquire(blocking=False):
+    if not w.start_reading():
         return  # a caller thread follows this worker (an event from before it took over)
-    if w.lent:  # a client reads it (an event from before it was lent)
-        w.read_lock.release()
-        return
     try:
+        # An event from before a follower took the socket (and read what it announced)
+        # or before it was lent to a persistent pool's client: the socket is blocking,
+        # so reading would wait for the worker's next frame, and take a lent one's.
+        if w.lent or not frames.waiting(w.sock):
+            return
         alive = frames.receive(pool, w, w.sock)
     finally:
-        w.read_lock.release()
+        w.stop_reading()
     if not alive:
         on_exit(pool, w)
 
