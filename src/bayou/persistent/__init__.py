@@ -65,7 +65,8 @@ class PersistentExecutor(EnvExecutor):
         return self._pool.host_pid
 
     def info(self) -> dict[str, Any]:
-        """The host's view: worker pids, tasks served, attached clients, versions."""
+        """The host's view: worker pids, tasks served, attached clients, versions, and
+        ``lanes``, how many workers it has lent to back-to-back clients (`lanes`)."""
         return self._pool.info()
 
     def actor(
