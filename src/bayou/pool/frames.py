@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import pickle
 import select
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -32,13 +33,21 @@ if TYPE_CHECKING:
     from .supervisor import Pool
 
 logger = logging.getLogger("bayou.executor")
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
-def receive(pool: Pool, w: WorkerHandle, sock, settles: list | None = None) -> bool:
-    """One receive from `w` (its `read_lock` held), its frames handled; False on EOF."""
+def receive(
+    pool: Pool, w: WorkerHandle, sock, settles: list | None = None, nowait: bool = False
+) -> bool:
+    """One receive from `w` (its `read_lock` held), its frames handled; False on EOF.
+
+    `nowait`: nothing may be there (the supervisor's event may be stale: a follower
+    read what it announced), so do not wait for the worker's next frame."""
     assert w.reader is not None  # it authenticated: its socket has a reader
     try:
-        alive = w.reader.feed_from(sock)
+        alive = w.reader.feed_from(sock, _DONTWAIT if nowait else 0)
+    except BlockingIOError:
+        return True
     except OSError:
         alive = False
     w.last_seen = time.monotonic()

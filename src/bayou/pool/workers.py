@@ -117,12 +117,13 @@ def on_socket(pool: Pool, w: WorkerHandle) -> None:
     if not w.start_reading():
         return  # a caller thread follows this worker (an event from before it took over)
     try:
-        # An event from before a follower took the socket (and read what it announced)
-        # or before it was lent to a persistent pool's client: the socket is blocking,
-        # so reading would wait for the worker's next frame, and take a lent one's.
-        if w.lent or not frames.waiting(w.sock):
+        # An event from before it was lent to a persistent pool's client (who reads
+        # it now), or from before a follower took the socket and read what the event
+        # announced: then nothing is there, and a blocking read would wait for the
+        # worker's next frame (`nowait`).
+        if w.lent:
             return
-        alive = frames.receive(pool, w, w.sock)
+        alive = frames.receive(pool, w, w.sock, nowait=True)
     finally:
         w.stop_reading()
     if not alive:

@@ -268,12 +268,13 @@ class FrameReader:
         # batches received, not yet given to a frame
         self._fds: collections.deque[list[int]] = collections.deque()
 
-    def feed_from(self, sock) -> bool:
-        """Receive once; False on end of stream."""
+    def feed_from(self, sock, flags=0) -> bool:
+        """Receive once; False on end of stream. `flags` are added to the receive's
+        (MSG_DONTWAIT: BlockingIOError when nothing is there)."""
         big = self._big
         if big is not None:
             view = memoryview(big[1])
-            n = sock.recv_into(view[big[2] :])
+            n = sock.recv_into(view[big[2] :], 0, flags)
             if not n:
                 return False
             big[2] += n
@@ -283,11 +284,11 @@ class FrameReader:
             return True
         landing = self._landing
         if _CMSG_SPACE:
-            n, ancillary, flags, _ = sock.recvmsg_into([landing], _CMSG_SPACE, _RECV_FLAGS)
+            n, ancillary, got, _ = sock.recvmsg_into([landing], _CMSG_SPACE, _RECV_FLAGS | flags)
             if ancillary:
-                self._take_fds(ancillary, flags)
+                self._take_fds(ancillary, got)
         else:
-            n = sock.recv_into(landing)
+            n = sock.recv_into(landing, 0, flags)
         if not n:
             return False
         self._buf += landing[:n]
