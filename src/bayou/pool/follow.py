@@ -79,8 +79,10 @@ def follow(
 
 
 def _follow(pool: Pool, w: WorkerHandle, item: WorkItem, deadline, held, also: int | None) -> None:
-    if not w.start_reading():
+    lock = w.read_lock  # `start_reading`, inlined: this runs for every wait
+    if not lock.acquire(False):
         return
+    w.reading_thread = threading.get_ident()
     settles: list = []
     with pool._lock:
         pool._following += 1  # the supervisor ends only after we settled (shutdown)
@@ -97,7 +99,8 @@ def _follow(pool: Pool, w: WorkerHandle, item: WorkItem, deadline, held, also: i
                 if w.sock is sock and not w.dead and not w.lent:  # (lent meanwhile: a
                     pool.io.resume(sock, w.sock_data)  # client reads it now, `lending`)
         finally:
-            w.stop_reading()
+            w.reading_thread = None
+            lock.release()
         for settled in settles:
             pool._complete(*settled)
     except Exception as exc:

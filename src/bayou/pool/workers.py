@@ -27,6 +27,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from threading import get_ident
 from typing import TYPE_CHECKING
 
 from .. import errors
@@ -114,18 +115,22 @@ def kill(pool: Pool, w: WorkerHandle, reason: tuple[type | None, str] | None) ->
 
 
 def on_socket(pool: Pool, w: WorkerHandle) -> None:
-    if not w.start_reading():
+    lock = w.read_lock  # `start_reading`, inlined: this runs for every answer
+    if not lock.acquire(False):
         return  # a caller thread follows this worker (an event from before it took over)
+    w.reading_thread = get_ident()
     try:
         # An event from before it was lent to a persistent pool's client (who reads
         # it now), or from before a follower took the socket and read what the event
         # announced: then nothing is there, and a blocking read would wait for the
         # worker's next frame (`nowait`).
-        if w.lent:
+        item = w.item
+        if item is not None and item.lease is not None:  # (`w.lent`)
             return
         alive = frames.receive(pool, w, w.sock, nowait=True)
     finally:
-        w.stop_reading()
+        w.reading_thread = None
+        lock.release()
     if not alive:
         on_exit(pool, w)
 
