@@ -22,7 +22,10 @@ Who reads: whoever holds the pool's read lock (the reader thread, a
 follower) reads the lane too, as it reads the host's connection. Only what
 can be decided without reading (take a call, ask for a lane) runs under the
 pool's lock alone; giving the lane back needs the read lock, so a thread that
-cannot get it leaves the job to the one that holds it (`return_wanted`).
+cannot get it leaves the job to the one that holds it (`return_wanted`). A
+lane is taken off (given back, dead, handed back) under the pool's lock too,
+the one `take` puts a call on it under: no call can go to a worker that was
+just given back, whose answer would reach the host and never settle here.
 """
 
 from __future__ import annotations
