@@ -49,6 +49,22 @@ def test_without_a_waiter_in_result_the_supervisor_settles_it():
         assert names == [ex._pool.thread.name]
 
 
+def test_while_tasks_wait_in_the_queue_the_supervisor_reads_the_answers():
+    # beyond the prefetch window (1 worker: 2 handed over), a waiter does not follow
+    with EnvExecutor(1) as ex:
+        ex.submit(basic.add, 0, 0).result(T)
+        futures = [ex.submit(basic.sleep_then, 0.2, i) for i in range(5)]
+        names = _settling_thread(futures[0])
+        assert futures[0].result(T) == 0
+        assert names == [ex._pool.thread.name]
+        assert [f.result(T) for f in futures] == list(range(5))
+        # the queue drained: the last one is followed again
+        last = ex.submit(basic.sleep_then, 0.2, "last")
+        names = _settling_thread(last)
+        assert last.result(T) == "last"
+        assert names == [threading.current_thread().name]
+
+
 def test_a_result_timeout_gives_the_socket_back_to_the_supervisor():
     with EnvExecutor(1) as ex:
         ex.submit(basic.add, 0, 0).result(T)
