@@ -139,6 +139,17 @@ def set_exception(fut: Future[Any], exc: BaseException) -> None:
             pass
 
 
+def started(fut: Future[Any]) -> bool:
+    """Make `fut` RUNNING if it is not yet; False if it was cancelled (or ended)
+    meanwhile. For an answer that may arrive before its future was started."""
+    if fut.running():
+        return True
+    try:
+        return fut.set_running_or_notify_cancel()
+    except RuntimeError:  # ended meanwhile
+        return False
+
+
 def fail(fut: Future[Any], exc: BaseException) -> None:
     """Settle `fut` with `exc` whatever its state: one still pending is started first (a
     future takes an outcome once RUNNING); one the user cancelled stays cancelled."""

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import interrupts, protocol
-from ..futures import fail
+from ..futures import fail, started
 from ..pool import WorkItem, lifetime, outcome
 from ..worker import wire
 from .lanes import LANE_LABEL
@@ -87,24 +87,22 @@ class Lane:
     def read(self, actions: list, environment: Any) -> None:
         """Read what is waiting, without blocking; answers go into `actions`."""
         while not self.dead and self.poller.poll(0):
-            try:
-                alive = self.reader.feed_from(self.sock)
-            except OSError:
-                alive = False
-            self._frames(actions, environment)
-            if not alive:
-                self.dead = True
+            self._receive(actions, environment)
 
     def finish_frame(self, actions: list, environment: Any) -> None:
         """Read until no frame is half received, so the host can read on from here."""
         while not self.dead and not self.reader.between_frames():
-            try:
-                alive = self.reader.feed_from(self.sock)
-            except OSError:
-                alive = False
-            self._frames(actions, environment)
-            if not alive:
-                self.dead = True
+            self._receive(actions, environment)
+
+    def _receive(self, actions: list, environment: Any) -> None:
+        """One receive (it blocks until something comes) and the frames it completes."""
+        try:
+            alive = self.reader.feed_from(self.sock)
+        except OSError:
+            alive = False
+        self._frames(actions, environment)
+        if not alive:
+            self.dead = True
 
     def _frames(self, actions: list, environment: Any) -> None:
         frames = self.reader.frames
@@ -123,7 +121,7 @@ class Lane:
                 self.calls += 1
                 self.idle_since = time.monotonic()
                 actions.append(
-                    functools.partial(_settle, item, status, data, seconds, environment)
+                    functools.partial(settle_answer, item, status, data, seconds, environment)
                 )
             elif kind == wire.PROGRESS:
                 task_id, done, total, message = pickle.loads(payload)
@@ -154,18 +152,12 @@ def _decode(payload: bytearray, fds: list[int]) -> tuple:
     return task_id, status, data, seconds
 
 
-def _settle(item: WorkItem, status: int, data: Any, seconds: float | None, env: Any) -> None:
-    fut = item.future
-    if fut.running() or _start(fut):
-        fut.record_seconds(seconds)
+def settle_answer(item: WorkItem, status: int, data: Any, seconds: float | None, env: Any) -> None:
+    """Settle a client's call from its worker's answer (read on the lane, or relayed
+    by the host), with the call's own duration, which sizes map's batches."""
+    if started(item.future):
+        item.future.record_seconds(seconds)
         outcome.settle(item, status, data, env)
-
-
-def _start(fut: Any) -> bool:
-    try:
-        return bool(fut.set_running_or_notify_cancel())
-    except RuntimeError:  # ended meanwhile
-        return False
 
 
 class Lanes:
@@ -225,6 +217,10 @@ class Lanes:
         if self.lane is None:
             return
         self.return_wanted = True
+        self._service_if_free()
+
+    def _service_if_free(self) -> None:
+        """`service` now if no other thread reads; else the reader does it soon."""
         if self.pool._read_lock.acquire(blocking=False):
             actions: list = []
             try:
@@ -260,13 +256,7 @@ class Lanes:
         if lane is None or lane.item is not item:
             return False
         lane.cancel_grace = grace
-        if self.pool._read_lock.acquire(blocking=False):
-            actions: list = []
-            try:
-                self.service(actions)
-            finally:
-                self.pool._read_lock.release()
-            self.pool._run(actions)
+        self._service_if_free()
         return True
 
     def carries(self, task_id: int) -> bool:

@@ -130,8 +130,9 @@ class Lease:
                 return  # it died first: "lane_died" went (or goes) to the client
             future = RelayFuture(self.session, task_id, True)
             future.set_running_or_notify_cancel()
-            become = WorkItem(future, wire.CALL, (), b"", frozenset(), label, task_id=task_id)
-            lease_future = lending.take_over(self.pool, self.worker, become, elapsed)
+            lease_future = lending.take_over(
+                self.pool, self.worker, task_id, label, future, elapsed
+            )
             if lease_future is None:
                 return  # dying: its death ends the lease
             self.state = "handed"

@@ -20,11 +20,10 @@ another client's session): everything else goes through the writer thread.
 from __future__ import annotations
 
 import collections
-import contextlib
-import os
 import pickle
 import threading
 
+from ..worker import wire
 from .link import Link
 
 
@@ -47,7 +46,7 @@ class Outbox:
         when nothing is queued before it. `fds` go with it, and are closed here."""
         with self._lock:
             if self._closing or self.broken:
-                _close(fds)
+                wire.close_fds(fds or ())
                 return
             if self._busy or self._queue:
                 self._queue.append((message, fds))
@@ -66,7 +65,7 @@ class Outbox:
         """From any thread: the writer sends it, after everything before it."""
         with self._lock:
             if self._closing or self.broken:
-                _close(fds)
+                wire.close_fds(fds or ())
                 return
             self._queue.append((message, fds))
             if not self._busy:
@@ -103,7 +102,7 @@ class Outbox:
                     lock.acquire()
                     self._busy = False
             for _, fds in self._queue:
-                _close(fds)
+                wire.close_fds(fds or ())
             self._queue.clear()
         self.link.close()
 
@@ -115,10 +114,4 @@ class Outbox:
         except (OSError, ValueError, pickle.PicklingError):
             self.broken = True
         finally:
-            _close(fds)
-
-
-def _close(fds: list[int] | None) -> None:
-    for fd in fds or ():
-        with contextlib.suppress(OSError):
-            os.close(fd)
+            wire.close_fds(fds or ())

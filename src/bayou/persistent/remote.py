@@ -47,10 +47,10 @@ from typing import TYPE_CHECKING, Any
 
 from .. import interrupts
 from ..environment import Environment
-from ..futures import end_cancelled, fail
-from ..pool import PREFETCH, SHUTDOWN_GRACE, WorkItem, lifetime, outcome
+from ..futures import end_cancelled, fail, started
+from ..pool import PREFETCH, SHUTDOWN_GRACE, WorkItem, lifetime
 from ..worker import wire
-from .lane import Lanes, message_handlers
+from .lane import Lanes, message_handlers, settle_answer
 from .link import Link
 
 if TYPE_CHECKING:
@@ -365,7 +365,7 @@ class RemotePool:
     def _on_running(self, message: tuple, actions: list) -> str | None:
         item = self._items.get(message[1])
         if item is not None:
-            _started(item.future)
+            started(item.future)
         return None
 
     def _on_progress(self, message: tuple, actions: list) -> str | None:
@@ -394,9 +394,7 @@ class RemotePool:
 
     def _settle(self, item: WorkItem, status: int, data: Any, seconds: float | None) -> None:
         self.lanes.note_answer(seconds)
-        if _started(item.future):
-            item.future.record_seconds(seconds)  # map's batching sizes tasks with it
-            outcome.settle(item, status, local_result(status, data), self.environment)
+        settle_answer(item, status, local_result(status, data), seconds, self.environment)
 
     @staticmethod
     def _run(actions: list[Callable[[], None]]) -> None:
@@ -469,16 +467,6 @@ def _local_done(pool_ref, task_id: int, fut) -> None:
         return
     if pool._pop(task_id) is not None:
         pool._send(("cancel", task_id, SHUTDOWN_GRACE))
-
-
-def _started(fut) -> bool:
-    """Make `fut` RUNNING if it is not yet; False if it was cancelled (or ended) meanwhile."""
-    if fut.running():
-        return True
-    try:
-        return fut.set_running_or_notify_cancel()
-    except RuntimeError:  # ended meanwhile
-        return False
 
 
 def _fail_pickled(fut, blob: bytes) -> None:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from ..worker import wire
 
 if TYPE_CHECKING:
-    from .records import WorkerHandle, WorkItem
+    from .records import WorkerHandle
     from .supervisor import Pool
 
 
@@ -82,9 +82,11 @@ def give_back(pool: Pool, w: WorkerHandle) -> None:
     item.future.set_result(None)
 
 
-def take_over(pool: Pool, w: WorkerHandle, become: WorkItem, elapsed: float) -> Any:
+def take_over(
+    pool: Pool, w: WorkerHandle, task_id: int, label: str, future: Any, elapsed: float
+) -> Any:
     """The client hands back the call running on `w` for `elapsed` seconds: the lease
-    item takes `become`'s task id, label and future, and the pool reads `w` again
+    item takes its task id, label and future, and the pool reads `w` again
     (its answer, heartbeats, task_timeout from the call's start). Returns the
     lease's own future, for the caller to settle (with its locks let go); None
     when `w` is dying (its death fails the loan)."""
@@ -94,7 +96,7 @@ def take_over(pool: Pool, w: WorkerHandle, become: WorkItem, elapsed: float) -> 
             return None
         lease_future = item.future
         item.lease = None
-        item.task_id, item.label, item.future = become.task_id, become.label, become.future
+        item.task_id, item.label, item.future = task_id, label, future
         item.future.bind(weakref.ref(item), *pool._hooks)  # as `Pool.submit` binds
         pool._futures.add(item.future)
         item.started = True
